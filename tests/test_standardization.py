@@ -1,0 +1,167 @@
+"""wsjax.standardize and wsjax.scaled_standardize against the NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import wsjax
+from tests import reference
+
+# Flax kernel layouts: conv 1-D/2-D/3-D, depthwise (in/groups = 1), 1x1x1xC, Dense, ConvTranspose.
+SHAPES = {
+    "conv1d": (5, 4, 6),
+    "conv2d": (3, 3, 8, 16),
+    "conv3d": (3, 2, 3, 4, 5),
+    "depthwise": (3, 3, 1, 12),
+    "pointwise_1x1x1": (1, 1, 1, 7, 3),
+    "dense": (20, 10),
+    "single_input_3d": (2, 1, 1, 1, 4),
+}
+
+
+def _kernel(shape, seed=0, dtype=jnp.float32, offset=0.0):
+    return (jax.random.normal(jax.random.key(seed), shape) * 0.3 + offset).astype(dtype)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+@pytest.mark.parametrize("preset", list(wsjax.PRESETS))
+def test_presets_match_numpy(name, preset):
+    options = wsjax.PRESETS[preset]
+    w = _kernel(SHAPES[name], offset=0.5)
+    got = jax.jit(lambda w: wsjax.standardize(w, **options))(w)
+    want = reference.standardize(
+        w, options["eps"], 1 if options["unbiased"] else 0, options["eps_outside_sqrt"]
+    )
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("preset", list(wsjax.PRESETS))
+def test_moments_in_the_presets_own_sense(preset):
+    options = wsjax.PRESETS[preset]
+    w = _kernel((3, 3, 16, 8), offset=-2.0)
+    flat = np.asarray(wsjax.standardize(w, **options), np.float64).reshape(-1, 8)
+    np.testing.assert_allclose(flat.mean(axis=0), 0.0, atol=1e-6)
+    ddof = 1 if options["unbiased"] else 0
+    # eps shifts the variance by a relative ~eps/var; 1e-4 covers eps=1e-5 at var ~0.09.
+    np.testing.assert_allclose(flat.var(axis=0, ddof=ddof), 1.0, rtol=3e-4)
+
+
+def test_default_is_the_pytorch_reference():
+    w = _kernel((3, 3, 4, 6))
+    np.testing.assert_array_equal(wsjax.standardize(w), wsjax.standardize(w, **wsjax.PRESETS["pytorch"]))
+    np.testing.assert_allclose(wsjax.standardize(w), reference.standardize(w, 1e-5, 1), rtol=2e-5, atol=2e-6)
+
+
+def test_presets_really_differ():
+    w = _kernel((3, 3, 4, 6))
+    outs = [np.asarray(wsjax.standardize(w, **opts)) for opts in wsjax.PRESETS.values()]
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            assert not np.allclose(outs[i], outs[j], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_statistics_in_float32(dtype):
+    w = _kernel((3, 3, 64, 8), dtype=dtype, offset=3.0)  # large mean: bf16 statistics would lose it
+    got = wsjax.standardize(w)
+    assert got.dtype == dtype
+    want = reference.standardize(np.asarray(w, np.float64), 1e-5, 1)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-2, atol=1e-2)
+    # Same values as float32 statistics, rounded once at the end.
+    np.testing.assert_array_equal(got, wsjax.standardize(w.astype(jnp.float32)).astype(dtype))
+
+
+def test_float64_stays_float64():
+    with jax.enable_x64(True):
+        w = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 2, 4)))
+        got = wsjax.standardize(w)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, reference.standardize(w, 1e-5, 1), rtol=1e-12)
+
+
+def test_constant_kernel_gives_finite_zeros():
+    w = jnp.full((3, 3, 4, 2), 0.7)
+    for options in wsjax.PRESETS.values():
+        out = wsjax.standardize(w, **options)
+        assert np.all(np.isfinite(out))
+        # The float32 mean of 0.7s is off by a few roundings (~1e-7); a tiny eps (BiT: 1e-10) amplifies
+        # that by 1/sqrt(eps), exactly as in the reference implementations.
+        np.testing.assert_allclose(out, 0.0, atol=1e-6 / np.sqrt(options["eps"]))
+    out = wsjax.scaled_standardize(w, jnp.ones(2))
+    np.testing.assert_allclose(out, 0.0, atol=1e-6)
+
+
+def test_constant_kernel_gradient_is_finite():
+    grad = jax.grad(lambda w: jnp.sum(wsjax.standardize(w) * jnp.arange(2.0)))(jnp.ones((3, 3, 4, 2)))
+    assert np.all(np.isfinite(grad))
+
+
+def test_gradient_matches_finite_differences():
+    w = _kernel((3, 4, 5), seed=3)
+    probe = _kernel((3, 4, 5), seed=4)
+    loss = lambda w: jnp.sum(wsjax.standardize(w) * probe)
+    grad = jax.grad(loss)(w)
+    # Central differences against the float64 reference.
+    ref_loss = lambda w: float(np.sum(reference.standardize(w, 1e-5, 1) * np.asarray(probe, np.float64)))
+    w64 = np.asarray(w, np.float64)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        idx = tuple(rng.integers(0, s) for s in w.shape)
+        bump = np.zeros_like(w64)
+        bump[idx] = 1e-6
+        numeric = (ref_loss(w64 + bump) - ref_loss(w64 - bump)) / 2e-6
+        np.testing.assert_allclose(grad[idx], numeric, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_scaled_standardize_matches_numpy(name):
+    w = _kernel(SHAPES[name], offset=0.2)
+    gain = jax.random.uniform(jax.random.key(5), (w.shape[-1],), minval=0.5, maxval=2.0)
+    np.testing.assert_allclose(
+        jax.jit(wsjax.scaled_standardize)(w, gain),
+        reference.scaled_standardize(w, gain, 1e-4),
+        rtol=2e-5,
+        atol=2e-6,
+    )
+
+
+def test_scaled_standardize_unit_gain_has_unit_fan_in_variance():
+    w = _kernel((3, 3, 32, 4))
+    flat = np.asarray(wsjax.scaled_standardize(w, jnp.ones(4)), np.float64).reshape(-1, 4)
+    np.testing.assert_allclose(flat.var(axis=0) * flat.shape[0], 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fn", [wsjax.standardize, lambda w, eps=1e-4: wsjax.scaled_standardize(w, jnp.ones(1), eps)])
+def test_rank_below_two_is_rejected(fn):
+    with pytest.raises(ValueError, match="rank >= 2"):
+        fn(jnp.ones((5,)))
+    with pytest.raises(ValueError, match="rank >= 2"):
+        fn(jnp.ones(()))
+
+
+def test_negative_eps_is_rejected():
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        wsjax.standardize(jnp.ones((3, 3)), eps=-1e-5)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        wsjax.scaled_standardize(jnp.ones((3, 3)), jnp.ones(3), eps=-1.0)
+
+
+def test_unbiased_over_one_entry_is_rejected():
+    with pytest.raises(ValueError, match="unbiased=False"):
+        wsjax.standardize(jnp.ones((1, 1, 1, 4)))
+    out = wsjax.standardize(jnp.ones((1, 1, 1, 4)), unbiased=False)  # biased: finite zeros
+    np.testing.assert_array_equal(out, 0.0)
+
+
+@pytest.mark.parametrize("shape", [(3,), (1, 3), (4, 1)])
+def test_gain_of_the_wrong_shape_is_rejected(shape):
+    with pytest.raises(ValueError, match=r"gain must have shape \(out_features,\)"):
+        wsjax.scaled_standardize(jnp.ones((3, 3, 2, 4)), jnp.ones(shape))
+
+
+def test_jit_does_not_recompile():
+    f = jax.jit(wsjax.standardize)
+    f(_kernel((3, 3, 4, 8), seed=0))
+    f(_kernel((3, 3, 4, 8), seed=1))
+    assert f._cache_size() == 1

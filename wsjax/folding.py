@@ -1,0 +1,58 @@
+"""Fold Weight Standardization into the kernels, for inference with plain ``nn.Conv`` / ``nn.Dense``.
+
+A WS layer computes with ``standardize(w)``; at inference ``w`` is fixed, so the standardized kernel can be
+stored instead and the model run with plain layers, saving the per-call statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+
+from wsjax.layers import is_standardized
+
+Variables = Any
+
+
+def fold_weight_standardization(
+    model: nn.Module, variables: Variables, *args: Any, **kwargs: Any
+) -> Variables:
+    """Returns ``variables`` with every WS layer's kernel replaced by the kernel it computes with.
+
+    The model is traced once (shapes only, with ``jax.eval_shape``) on ``*args, **kwargs`` to find its WS
+    layers; a ``ScaledWSConv``'s ``gain`` is folded into its kernel and dropped. The result feeds the same
+    architecture built with ``nn.Conv`` / ``nn.Dense`` in place of the WS layers, *provided the layers keep
+    their names*: wsjax models name every layer; in your own models give WS layers explicit ``name=``
+    (Flax would otherwise auto-name them ``WSConv_0`` where the plain model expects ``Conv_0``).
+
+    Args:
+      model: a Linen model containing WS layers.
+      variables: its trained variables (``{'params': ..., 'batch_stats': ...}``).
+      *args: a sample input (its shape is all that matters), e.g. ``jnp.zeros((1, 32, 32, 3))``.
+      **kwargs: further arguments of ``model.__call__``, e.g. ``train=False``.
+
+    Returns:
+      New variables, same tree except the folded kernels and the removed gains.
+    """
+    ws_layers: dict[tuple[str, ...], nn.Module] = {}
+
+    def record_ws_layers(next_fun, call_args, call_kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and is_standardized(module):
+            ws_layers[module.scope.path] = module.clone(parent=None)
+        return next_fun(*call_args, **call_kwargs)
+
+    with nn.intercept_methods(record_ws_layers):
+        jax.eval_shape(lambda v: model.apply(v, *args, mutable=True, **kwargs), variables)
+
+    folded = flax.core.unfreeze(variables)
+    for path, module in ws_layers.items():
+        layer_params = folded["params"]
+        for name in path:
+            layer_params = layer_params[name]
+        layer_params["kernel"] = module.effective_kernel(layer_params)
+        layer_params.pop("gain", None)
+    return folded

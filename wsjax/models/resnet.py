@@ -1,0 +1,78 @@
+"""ResNet-18 for 32×32 images (He et al. 2016, CIFAR variant): a 3×3 stride-1 stem and no stem pool."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wsjax.layers import WSConv
+from wsjax.models.norms import ModuleDef
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions with a residual; a 1×1 projection where the shape changes."""
+
+    features: int
+    strides: int
+    conv: ModuleDef
+    norm: ModuleDef | None
+    train: bool
+    dtype: Any
+
+    def _norm(self, x: jax.Array, name: str) -> jax.Array:
+        if self.norm is None:
+            return x
+        return self.norm(use_running_average=not self.train, dtype=self.dtype, name=name)(x)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = functools.partial(self.conv, use_bias=self.norm is None, dtype=self.dtype)
+        y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
+        y = nn.relu(self._norm(y, "norm1"))
+        y = conv(self.features, (3, 3), padding=1, name="conv2")(y)
+        y = self._norm(y, "norm2")
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = conv(self.features, (1, 1), self.strides, name="shortcut_conv")(x)
+            x = self._norm(x, "shortcut_norm")
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet. Works on any side length (28×28 included): the head averages over space."""
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    num_classes: int = 10
+    width: int = 64
+    conv: ModuleDef = WSConv
+    norm: ModuleDef | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        x = self.conv(
+            self.width, (3, 3), padding=1, use_bias=self.norm is None, dtype=self.dtype, name="stem_conv"
+        )(x.astype(self.dtype))
+        if self.norm is not None:
+            x = self.norm(use_running_average=not train, dtype=self.dtype, name="stem_norm")(x)
+        x = nn.relu(x)
+        for stage, blocks in enumerate(self.stage_sizes):
+            for block in range(blocks):
+                x = BasicBlock(
+                    self.width * 2**stage,
+                    strides=2 if stage > 0 and block == 0 else 1,
+                    conv=self.conv,
+                    norm=self.norm,
+                    train=train,
+                    dtype=self.dtype,
+                    name=f"stage{stage + 1}_block{block + 1}",
+                )(x)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))

@@ -1,0 +1,68 @@
+"""VGG as in the PyTorch reference experiment of Weight Standardization (labml-nn, after Qiao et al.).
+
+3×3 convolutions with padding 1 and bias, each followed by ``norm`` and ReLU, a 2×2 max-pool after each stage,
+and one Dense classifier on the flattened 1×1×512 map.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wsjax.layers import WSConv
+from wsjax.models.norms import ModuleDef
+
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+    """Zero-pads the spatial sides of ``(N, H, W, C)`` symmetrically up to a multiple (28×28 → 32×32)."""
+    pads = [(0, 0)]
+    for size in x.shape[1:-1]:
+        extra = -size % multiple
+        pads.append((extra // 2, extra - extra // 2))
+    return jnp.pad(x, pads + [(0, 0)]) if any(p != (0, 0) for p in pads) else x
+
+
+class VGG(nn.Module):
+    """VGG for small images. Inputs ``(N, H, W, C)`` of any channel count; sides not a multiple of
+    ``2 ** len(stages)`` are zero-padded up to one, so 28×28 Fashion-MNIST enters as 32×32."""
+
+    stages: Sequence[Sequence[int]] = VGG16_STAGES
+    num_classes: int = 10
+    conv: ModuleDef = WSConv
+    norm: ModuleDef | None = None  # from wsjax.models.norm_layer; None: no normalization
+    conv_bias: bool = True  # the reference's convolutions have a bias
+    dtype: Any = jnp.float32  # computation dtype; parameters stay float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        x = pad_to_multiple(x.astype(self.dtype), 2 ** len(self.stages))
+        for s, stage in enumerate(self.stages, start=1):
+            for i, features in enumerate(stage, start=1):
+                x = self.conv(
+                    features,
+                    (3, 3),
+                    padding=((1, 1), (1, 1)),
+                    use_bias=self.conv_bias,
+                    dtype=self.dtype,
+                    name=f"conv{s}_{i}",
+                )(x)
+                if self.norm is not None:
+                    x = self.norm(use_running_average=not train, dtype=self.dtype, name=f"norm{s}_{i}")(x)
+                x = nn.relu(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+
+
+VGG16 = functools.partial(VGG, stages=VGG16_STAGES)
+# A quarter of VGG16's width: minutes, not hours, on a CPU (use num_groups <= 16 with it).
+VGG16Narrow = functools.partial(
+    VGG, stages=tuple(tuple(f // 4 for f in stage) for stage in VGG16_STAGES)
+)

@@ -1,0 +1,14 @@
+"""Flax NNX mirrors of every wsjax module: same maths, same parameter names as the Linen versions."""
+
+from wsjax.nnx.layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
+from wsjax.nnx.normalization import BatchChannelNorm, ChannelNorm, EstimatedBatchNorm
+
+__all__ = [
+    "BatchChannelNorm",
+    "ChannelNorm",
+    "EstimatedBatchNorm",
+    "ScaledWSConv",
+    "WSConv",
+    "WSConvTranspose",
+    "WSDense",
+]

@@ -1,0 +1,159 @@
+"""Flax NNX mirrors of :mod:`wsjax.normalization` (same maths via :mod:`wsjax.norm_math`, same names).
+
+Running statistics are ``nnx.BatchStat`` variables ``mean`` / ``var``; ``model.train()`` / ``model.eval()``
+toggle ``use_running_average`` as for ``nnx.BatchNorm``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from wsjax import norm_math
+from wsjax.dtypes import output_dtype
+
+
+def _affine_params(
+    shape: tuple[int, ...], use_scale: bool, use_bias: bool, param_dtype: Any
+) -> tuple[nnx.Param | None, nnx.Param | None]:
+    scale = nnx.Param(jnp.ones(shape, param_dtype)) if use_scale else None
+    bias = nnx.Param(jnp.zeros(shape, param_dtype)) if use_bias else None
+    return scale, bias
+
+
+def _value(variable: nnx.Variable | None) -> jax.Array | None:
+    return None if variable is None else variable[...]
+
+
+class EstimatedBatchNorm(nnx.Module):
+    """Batch norm that first updates its running statistics from the batch, then normalizes with them."""
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool = False,
+        axis: int = -1,
+        momentum: float = 0.9,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        rngs: nnx.Rngs | None = None,  # accepted for symmetry with nnx.BatchNorm; nothing is random
+    ):
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.scale, self.bias = _affine_params((num_features,), use_scale, use_bias, param_dtype)
+        self.use_running_average = use_running_average
+        self.axis = axis
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        use_running_average = nnx.module.first_from(
+            use_running_average,
+            self.use_running_average,
+            error_msg="No `use_running_average` argument was provided to EstimatedBatchNorm.",
+        )
+        feature_axis = self.axis % x.ndim
+        if not use_running_average:
+            reduce_axes = tuple(a for a in range(x.ndim) if a != feature_axis)
+            mean, var = norm_math.batch_moments(
+                lax.stop_gradient(x), reduce_axes, self.axis_name, self.axis_index_groups
+            )
+            self.mean[...] = norm_math.moving_average(self.mean[...], mean, self.momentum)
+            self.var[...] = norm_math.moving_average(self.var[...], var, self.momentum)
+        return norm_math.affine_normalize(
+            x,
+            self.mean[...],
+            self.var[...],
+            _value(self.scale),
+            _value(self.bias),
+            self.epsilon,
+            feature_axis,
+            output_dtype(x, self.dtype, self.param_dtype),
+        )
+
+
+class ChannelNorm(nnx.Module):
+    """Group norm with per-group affine parameters. Input ``(batch, *spatial, C)``."""
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int = 32,
+        *,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ):
+        norm_math.check_groups(num_features, num_groups, "ChannelNorm")
+        self.scale, self.bias = _affine_params((num_groups,), use_scale, use_bias, param_dtype)
+        self.num_groups = num_groups
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        norm_math.check_groups(x.shape[-1], self.num_groups, "ChannelNorm")
+        return norm_math.channel_normalize(
+            x,
+            self.num_groups,
+            self.epsilon,
+            _value(self.scale),
+            _value(self.bias),
+            output_dtype(x, self.dtype, self.param_dtype),
+        )
+
+
+class BatchChannelNorm(nnx.Module):
+    """``ChannelNorm(BatchNorm(x))``; the batch norm is estimated unless ``estimate=False``."""
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int = 32,
+        *,
+        estimate: bool = True,
+        use_running_average: bool = False,
+        momentum: float = 0.9,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        rngs: nnx.Rngs | None = None,
+    ):
+        norm_math.check_groups(num_features, num_groups, "BatchChannelNorm")
+        batch_norm = EstimatedBatchNorm if estimate else nnx.BatchNorm
+        self.batch_norm = batch_norm(
+            num_features,
+            use_running_average=use_running_average,
+            momentum=momentum,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            axis_name=axis_name,
+            axis_index_groups=axis_index_groups,
+            rngs=rngs if rngs is not None else nnx.Rngs(0),
+        )
+        self.channel_norm = ChannelNorm(
+            num_features, num_groups, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype
+        )
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        return self.channel_norm(self.batch_norm(x, use_running_average=use_running_average))

@@ -1,0 +1,139 @@
+"""Weight Standardization of a kernel (Qiao et al., arXiv 1903.10520, eq. 5).
+
+For a kernel in Flax layout ``(..., in_features // groups, out_features)`` every output channel ``o`` is
+standardized over all its ``n = fan_in`` other entries::
+
+    w_hat[..., o] = (w[..., o] - mean_o) / sqrt(var_o + eps)
+
+Implementations in the wild differ in three details, all reproducible here:
+
+========  ====================  ==================  ========
+preset    variance              eps placement        eps
+========  ====================  ==================  ========
+pytorch   unbiased (n - 1)      inside the root      1e-5    (the PyTorch/labml-nn reference; default)
+qiao      unbiased (n - 1)      added to the std     1e-5    (official code of the paper)
+bit       biased (n)            inside the root      1e-10   (Big Transfer / big_vision)
+timm      biased (n)            inside the root      1e-6    (timm ``StdConv2d``; its models pass 1e-8)
+========  ====================  ==================  ========
+
+``standardize(w, **PRESETS['bit'])`` selects one. The scaled form used by NFNets lives in
+:func:`scaled_standardize`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypedDict
+
+import jax
+import jax.numpy as jnp
+
+from wsjax.dtypes import stats_dtype
+
+
+class StandardizeOptions(TypedDict):
+    """Keyword arguments of :func:`standardize`; the values of :data:`PRESETS`."""
+
+    eps: float
+    unbiased: bool
+    eps_outside_sqrt: bool
+
+
+PRESETS: dict[str, StandardizeOptions] = {
+    "pytorch": {"eps": 1e-5, "unbiased": True, "eps_outside_sqrt": False},
+    "qiao": {"eps": 1e-5, "unbiased": True, "eps_outside_sqrt": True},
+    "bit": {"eps": 1e-10, "unbiased": False, "eps_outside_sqrt": False},
+    "timm": {"eps": 1e-6, "unbiased": False, "eps_outside_sqrt": False},
+}
+
+
+def _check_kernel(w: jax.Array, eps: float, caller: str) -> int:
+    """Validates a kernel and returns its fan-in (entries per output channel)."""
+    if jnp.ndim(w) < 2:
+        raise ValueError(
+            f"{caller}: the kernel must have rank >= 2, (..., in_features // groups, out_features); "
+            f"got shape {jnp.shape(w)}."
+        )
+    if isinstance(eps, (int, float)) and (eps < 0 or math.isnan(eps)):
+        raise ValueError(f"{caller}: eps must be >= 0, got {eps}.")
+    return math.prod(jnp.shape(w)[:-1])
+
+
+def _centered_and_sum_sq(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-output-channel ``w - mean`` and ``sum((w - mean)**2)`` in the statistics dtype."""
+    w = w.astype(stats_dtype(w.dtype))
+    reduce_axes = tuple(range(w.ndim - 1))
+    # Two passes (mean, then squared deviations): exact for kernels with a large mean, and the kernel
+    # is tiny next to the convolution that uses it, so the second pass costs nothing measurable.
+    centered = w - jnp.mean(w, axis=reduce_axes, keepdims=True)
+    return centered, jnp.sum(jnp.square(centered), axis=reduce_axes, keepdims=True)
+
+
+def standardize(
+    w: jax.Array,
+    eps: float = 1e-5,
+    *,
+    unbiased: bool = True,
+    eps_outside_sqrt: bool = False,
+) -> jax.Array:
+    """Standardizes each output channel (last axis) of a kernel over all its other axes.
+
+    ``(w - mean) / sqrt(var + eps)``, or ``(w - mean) / (sqrt(var) + eps)`` with ``eps_outside_sqrt``.
+
+    Args:
+      w: kernel ``(..., fan_in_axes..., out_features)``: a Flax conv kernel of any rank, a
+        ``ConvTranspose`` kernel or a Dense ``(in, out)`` kernel.
+      eps: added to the variance (or to the standard deviation with ``eps_outside_sqrt``); >= 0.
+      unbiased: divide the sum of squares by ``fan_in - 1`` (PyTorch ``torch.var`` default) rather than
+        by ``fan_in``.
+      eps_outside_sqrt: add ``eps`` to the standard deviation, as the paper's official code does.
+
+    Returns:
+      The standardized kernel, same shape and dtype as ``w``; statistics computed in at least float32.
+
+    Raises:
+      ValueError: rank < 2, ``eps < 0``, or an unbiased variance over a single entry.
+    """
+    fan_in = _check_kernel(w, eps, "standardize")
+    if unbiased and fan_in < 2:
+        raise ValueError(
+            f"standardize: the unbiased variance needs at least 2 entries per output channel, but a "
+            f"kernel of shape {jnp.shape(w)} has {fan_in}; pass unbiased=False."
+        )
+    centered, sum_sq = _centered_and_sum_sq(w)
+    var = sum_sq / (fan_in - 1 if unbiased else fan_in)
+    if eps_outside_sqrt:
+        w_hat = centered / (jnp.sqrt(var) + eps)
+    else:
+        w_hat = centered * jax.lax.rsqrt(var + eps)
+    return w_hat.astype(w.dtype)
+
+
+def scaled_standardize(w: jax.Array, gain: jax.Array, eps: float = 1e-4) -> jax.Array:
+    """Scaled Weight Standardization of NFNets (Brock et al. 2021, arXiv 2102.06171, eq. 2).
+
+    ``gain * (w - mean) / sqrt(max(var * fan_in, eps))`` with the biased variance, so that a unit-variance
+    input gives unit-variance pre-activations without any normalization layer. (timm's
+    ``ScaledStdConv2d`` writes the same idea as ``gain * fan_in**-0.5 * (w - mean) / sqrt(var + eps)``.)
+
+    Args:
+      w: kernel ``(..., out_features)`` as for :func:`standardize`.
+      gain: per-output-channel gain of shape ``(out_features,)``.
+      eps: floor of ``var * fan_in``; >= 0. NFNets use 1e-4.
+
+    Returns:
+      The scaled, standardized kernel, same shape and dtype as ``w``.
+
+    Raises:
+      ValueError: rank < 2, ``eps < 0`` or ``gain`` not of shape ``(out_features,)``.
+    """
+    fan_in = _check_kernel(w, eps, "scaled_standardize")
+    if jnp.shape(gain) != (jnp.shape(w)[-1],):
+        raise ValueError(
+            f"scaled_standardize: gain must have shape (out_features,) = ({jnp.shape(w)[-1]},), "
+            f"got {jnp.shape(gain)}."
+        )
+    centered, sum_sq = _centered_and_sum_sq(w)
+    # var * fan_in is just the sum of squared deviations.
+    scale = jax.lax.rsqrt(jnp.maximum(sum_sq, eps)) * gain.astype(centered.dtype).reshape(sum_sq.shape)
+    return (centered * scale).astype(w.dtype)
