@@ -22,9 +22,9 @@ def scaled_standardize(w, gain, eps=1e-4):
     fan_in = flat.shape[0]
     mean = flat.mean(axis=0)
     var = flat.var(axis=0)
-    return (np.asarray(gain, np.float64) * (flat - mean) / np.sqrt(np.maximum(var * fan_in, eps))).reshape(
-        w.shape
-    )
+    return (
+        np.asarray(gain, np.float64) * (flat - mean) / np.sqrt(np.maximum(var * fan_in, eps))
+    ).reshape(w.shape)
 
 
 def estimated_batch_norm(x, state, scale, bias, momentum=0.9, eps=1e-5, train=True):
@@ -35,7 +35,7 @@ def estimated_batch_norm(x, state, scale, bias, momentum=0.9, eps=1e-5, train=Tr
         axes = tuple(range(x.ndim - 1))
         mean = momentum * mean + (1 - momentum) * x.mean(axis=axes)
         var = momentum * var + (1 - momentum) * x.var(axis=axes)
-    y = (x - mean) / np.sqrt(var + eps) * scale + bias
+    y = (x - mean) / np.sqrt(var + eps) * np.asarray(scale) + np.asarray(bias)
     return y, (mean, var)
 
 
@@ -44,10 +44,10 @@ def batch_norm(x, state, scale, bias, momentum=0.9, eps=1e-5, train=True):
     x = np.asarray(x, np.float64)
     mean, var = (np.asarray(s, np.float64) for s in state)
     if not train:
-        return (x - mean) / np.sqrt(var + eps) * scale + bias, (mean, var)
+        return (x - mean) / np.sqrt(var + eps) * np.asarray(scale) + np.asarray(bias), (mean, var)
     axes = tuple(range(x.ndim - 1))
     bm, bv = x.mean(axis=axes), x.var(axis=axes)
-    y = (x - bm) / np.sqrt(bv + eps) * scale + bias
+    y = (x - bm) / np.sqrt(bv + eps) * np.asarray(scale) + np.asarray(bias)
     return y, (momentum * mean + (1 - momentum) * bm, momentum * var + (1 - momentum) * bv)
 
 

@@ -33,7 +33,10 @@ class _StandardizesKernel(nn.Module):
     def effective_kernel(self, params: dict[str, Any]) -> jax.Array:
         """The kernel this layer convolves with, given its raw parameters."""
         return standardize(
-            params["kernel"], self.eps, unbiased=self.unbiased, eps_outside_sqrt=self.eps_outside_sqrt
+            params["kernel"],
+            self.eps,
+            unbiased=self.unbiased,
+            eps_outside_sqrt=self.eps_outside_sqrt,
         )
 
 

@@ -94,8 +94,9 @@ def channel_normalize(
     mean = jnp.mean(grouped, axis=reduce_axes, keepdims=True)
     var = jnp.mean(jnp.square(grouped - mean), axis=reduce_axes, keepdims=True)
     y = (grouped - mean) * lax.rsqrt(var + epsilon)
+    per_group = (1,) * (grouped.ndim - 2) + (num_groups, 1)
     if scale is not None:
-        y = y * scale.astype(y.dtype)[:, None]
+        y = y * scale.astype(y.dtype).reshape(per_group)
     if bias is not None:
-        y = y + bias.astype(y.dtype)[:, None]
+        y = y + bias.astype(y.dtype).reshape(per_group)
     return y.reshape(x.shape).astype(dtype)

@@ -101,8 +101,14 @@ class ChannelNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         norm_math.check_groups(x.shape[-1], self.num_groups, "ChannelNorm")
         groups = (self.num_groups,)
-        scale = self.param("scale", self.scale_init, groups, self.param_dtype) if self.use_scale else None
-        bias = self.param("bias", self.bias_init, groups, self.param_dtype) if self.use_bias else None
+        scale = (
+            self.param("scale", self.scale_init, groups, self.param_dtype)
+            if self.use_scale
+            else None
+        )
+        bias = (
+            self.param("bias", self.bias_init, groups, self.param_dtype) if self.use_bias else None
+        )
         return norm_math.channel_normalize(
             x,
             self.num_groups,

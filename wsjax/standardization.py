@@ -135,5 +135,7 @@ def scaled_standardize(w: jax.Array, gain: jax.Array, eps: float = 1e-4) -> jax.
         )
     centered, sum_sq = _centered_and_sum_sq(w)
     # var * fan_in is just the sum of squared deviations.
-    scale = jax.lax.rsqrt(jnp.maximum(sum_sq, eps)) * gain.astype(centered.dtype).reshape(sum_sq.shape)
+    scale = jax.lax.rsqrt(jnp.maximum(sum_sq, eps)) * gain.astype(centered.dtype).reshape(
+        sum_sq.shape
+    )
     return (centered * scale).astype(w.dtype)

@@ -55,7 +55,12 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         x = self.conv(
-            self.width, (3, 3), padding=1, use_bias=self.norm is None, dtype=self.dtype, name="stem_conv"
+            self.width,
+            (3, 3),
+            padding=1,
+            use_bias=self.norm is None,
+            dtype=self.dtype,
+            name="stem_conv",
         )(x.astype(self.dtype))
         if self.norm is not None:
             x = self.norm(use_running_average=not train, dtype=self.dtype, name="stem_norm")(x)
@@ -72,7 +77,9 @@ class ResNet(nn.Module):
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(
+            jnp.float32
+        )
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))

@@ -54,11 +54,15 @@ class VGG(nn.Module):
                     name=f"conv{s}_{i}",
                 )(x)
                 if self.norm is not None:
-                    x = self.norm(use_running_average=not train, dtype=self.dtype, name=f"norm{s}_{i}")(x)
+                    x = self.norm(
+                        use_running_average=not train, dtype=self.dtype, name=f"norm{s}_{i}"
+                    )(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(
+            jnp.float32
+        )
 
 
 VGG16 = functools.partial(VGG, stages=VGG16_STAGES)

@@ -22,8 +22,8 @@ KernelTransform = Callable[[jax.Array], jax.Array]
 
 # The transform of the layer being called, with that layer's own promote step. Set for the duration of one
 # __call__ only, so the stored module holds no reference to traced values.
-_ACTIVE: contextvars.ContextVar[tuple[KernelTransform, Callable[..., Any]]] = contextvars.ContextVar(
-    "wsjax_nnx_active_kernel_transform"
+_ACTIVE: contextvars.ContextVar[tuple[KernelTransform, Callable[..., Any]]] = (
+    contextvars.ContextVar("wsjax_nnx_active_kernel_transform")
 )
 
 
@@ -88,7 +88,10 @@ class _Standardizes(_TransformsKernel):
 
     def kernel_transform(self) -> KernelTransform:
         return functools.partial(
-            standardize, eps=self.eps, unbiased=self.unbiased, eps_outside_sqrt=self.eps_outside_sqrt
+            standardize,
+            eps=self.eps,
+            unbiased=self.unbiased,
+            eps_outside_sqrt=self.eps_outside_sqrt,
         )
 
 
@@ -114,7 +117,9 @@ class ScaledWSConv(_TransformsKernel, nnx.Conv):
     ``gain`` is an ``nnx.Param`` of shape ``(out_features,)`` initialised to 1.
     """
 
-    def __init__(self, in_features: int, out_features: int, *args: Any, eps: float = 1e-4, **kwargs):
+    def __init__(
+        self, in_features: int, out_features: int, *args: Any, eps: float = 1e-4, **kwargs
+    ):
         super().__init__(in_features, out_features, *args, **kwargs)
         self.eps = eps
         self.gain = nnx.Param(jax.numpy.ones((out_features,), self.param_dtype))

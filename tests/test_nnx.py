@@ -1,0 +1,131 @@
+"""The NNX mirrors give the Linen modules' outputs from the same parameters."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import wsjax
+import wsjax.nnx as wnnx
+
+
+def _random_like(tree, seed):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [
+            jax.random.uniform(k, v.shape, v.dtype, 0.5, 1.5)
+            for k, v in zip(keys, leaves, strict=True)
+        ],
+    )
+
+
+def _load(module: nnx.Module, params: dict, batch_stats: dict | None = None) -> None:
+    """Copies Linen variables into an NNX module with the same attribute names."""
+    state = nnx.state(module)
+    for collection in (params, batch_stats or {}):
+        for path, value in jax.tree_util.tree_flatten_with_path(collection)[0]:
+            target = state
+            for key in path:
+                target = target[key.key]
+            target[...] = value
+    nnx.update(module, state)
+
+
+LAYER_CASES = [
+    (
+        lambda: wsjax.WSConv(6, (3, 3), strides=2, feature_group_count=2),
+        lambda: wnnx.WSConv(4, 6, (3, 3), strides=2, feature_group_count=2, rngs=nnx.Rngs(0)),
+    ),
+    (
+        lambda: wsjax.WSConv(6, (3, 3), padding="CIRCULAR", **wsjax.PRESETS["qiao"]),
+        lambda: wnnx.WSConv(
+            4, 6, (3, 3), padding="CIRCULAR", **wsjax.PRESETS["qiao"], rngs=nnx.Rngs(0)
+        ),
+    ),
+    (
+        lambda: wsjax.WSConv(6, (3, 3), dtype=jnp.bfloat16),
+        lambda: wnnx.WSConv(4, 6, (3, 3), dtype=jnp.bfloat16, rngs=nnx.Rngs(0)),
+    ),
+    (
+        lambda: wsjax.WSConvTranspose(6, (3, 3), strides=2),
+        lambda: wnnx.WSConvTranspose(4, 6, (3, 3), strides=2, rngs=nnx.Rngs(0)),
+    ),
+    (
+        lambda: wsjax.WSDense(5, **wsjax.PRESETS["bit"]),
+        lambda: wnnx.WSDense(4, 5, **wsjax.PRESETS["bit"], rngs=nnx.Rngs(0)),
+    ),
+    (
+        lambda: wsjax.ScaledWSConv(6, (3, 3)),
+        lambda: wnnx.ScaledWSConv(4, 6, (3, 3), rngs=nnx.Rngs(0)),
+    ),
+]
+
+
+@pytest.mark.parametrize("make_linen, make_nnx", LAYER_CASES)
+def test_ws_layers_linen_equals_nnx(make_linen, make_nnx):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
+    linen = make_linen()
+    params = _random_like(linen.init(jax.random.key(1), x)["params"], seed=2)
+    module = make_nnx()
+    _load(module, params)
+    # Same operations in the same order: bit-identical, eagerly and under jit.
+    np.testing.assert_array_equal(module(x), linen.apply({"params": params}, x))
+    np.testing.assert_array_equal(
+        nnx.jit(lambda m, x: m(x))(module, x), jax.jit(linen.apply)({"params": params}, x)
+    )
+
+
+def test_nnx_mask_applied_after_standardization():
+    mask = np.ones((3, 3, 4, 6), np.float32)
+    mask[:, 0] = 0.0
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
+    linen = wsjax.WSConv(6, (3, 3), mask=jnp.asarray(mask))
+    params = linen.init(jax.random.key(1), x)["params"]
+    module = wnnx.WSConv(4, 6, (3, 3), mask=jnp.asarray(mask), rngs=nnx.Rngs(0))
+    _load(module, params)
+    np.testing.assert_array_equal(module(x), linen.apply({"params": params}, x))
+
+
+def test_nnx_gradients_reach_kernel_and_gain():
+    module = wnnx.ScaledWSConv(4, 6, (3, 3), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
+    grads = nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(module)
+    assert np.abs(np.asarray(grads["kernel"][...])).max() > 0
+    assert np.abs(np.asarray(grads["gain"][...])).max() > 0
+
+
+@pytest.mark.parametrize("estimate", [True, False])
+def test_bcn_linen_equals_nnx_over_training_and_eval(estimate):
+    batches = [jax.random.normal(jax.random.key(i), (4, 5, 5, 8)) * 2 + 1 for i in range(3)]
+    linen = wsjax.BatchChannelNorm(num_groups=4, estimate=estimate)
+    variables = linen.init(jax.random.key(0), batches[0], use_running_average=False)
+    params, stats = _random_like(variables["params"], 3), variables["batch_stats"]
+    module = wnnx.BatchChannelNorm(8, 4, estimate=estimate)
+    _load(module, params)
+    for x in batches[:2]:
+        want, updates = linen.apply(
+            {"params": params, "batch_stats": stats},
+            x,
+            use_running_average=False,
+            mutable=["batch_stats"],
+        )
+        stats = updates["batch_stats"]
+        np.testing.assert_allclose(module(x), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(module.batch_norm.mean[...], stats["batch_norm"]["mean"], rtol=1e-6)
+    np.testing.assert_allclose(module.batch_norm.var[...], stats["batch_norm"]["var"], rtol=1e-6)
+    module.eval()
+    want = linen.apply(
+        {"params": params, "batch_stats": stats}, batches[2], use_running_average=True
+    )
+    np.testing.assert_allclose(module(batches[2]), want, rtol=1e-6, atol=1e-6)
+
+
+def test_nnx_channel_norm_errors():
+    with pytest.raises(ValueError, match="not divisible"):
+        wnnx.ChannelNorm(6, 4)
+    assert isinstance(wnnx.EstimatedBatchNorm(3), nnx.Module)
+    assert issubclass(wsjax.WSConv, nn.Conv)
