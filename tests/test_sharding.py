@@ -41,7 +41,7 @@ def test_axis_name_gives_global_batch_statistics(mesh, kind):
     y_global, updates = single.apply(variables, x, mutable=["batch_stats"])
     np.testing.assert_allclose(y, y_global, rtol=1e-5, atol=1e-5)
     for per_device, global_stat in zip(
-        jax.tree.leaves(stats), jax.tree.leaves(updates["batch_stats"])
+        jax.tree.leaves(stats), jax.tree.leaves(updates["batch_stats"]), strict=True
     ):
         for d in range(DEVICES):
             np.testing.assert_allclose(per_device[d], global_stat, rtol=1e-5, atol=1e-6)

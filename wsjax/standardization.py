@@ -127,7 +127,7 @@ def scaled_standardize(w: jax.Array, gain: jax.Array, eps: float = 1e-4) -> jax.
     Raises:
       ValueError: rank < 2, ``eps < 0`` or ``gain`` not of shape ``(out_features,)``.
     """
-    fan_in = _check_kernel(w, eps, "scaled_standardize")
+    _check_kernel(w, eps, "scaled_standardize")
     if jnp.shape(gain) != (jnp.shape(w)[-1],):
         raise ValueError(
             f"scaled_standardize: gain must have shape (out_features,) = ({jnp.shape(w)[-1]},), "
