@@ -1,0 +1,60 @@
+"""The PyTorch reference experiment (labml-nn WS + BCN on CIFAR-10), in JAX.
+
+VGG16 with weight-standardized convs and batch-channel norm (32 groups), Adam lr 2.5e-4, batch 64,
+10 epochs, random crop 32 with 4-pixel padding, horizontal flip, inputs normalized with mean 0.5 / std 0.5.
+
+Run:   python -m experiments.train --config experiments/configs/default.py --workdir runs/default
+Needs: CIFAR-10 prepared by TFDS (downloaded on first use where there is internet).
+Time:  about 7,800 steps; hours on a 2-core CPU, minutes on one GPU.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Data.
+    config.dataset = "cifar10"  # a TFDS image-classification name, or "synthetic" (no files needed)
+    config.data_dir = ml_collections.config_dict.placeholder(
+        str
+    )  # TFDS data dir; None: ~/tensorflow_datasets
+    config.download = True  # download and prepare the dataset if it is not prepared yet
+    config.crop_padding = 4  # random crop back to size after zero-padding each side by this much
+    config.horizontal_flip = True  # random left-right mirror
+    config.normalize_mean = (0.5,)  # per channel, or one value for all; applied to x / 255
+    config.normalize_std = (0.5,)
+
+    # Model.
+    config.model = "vgg16"  # vgg16 | vgg16_narrow | resnet18
+    config.conv = "ws"  # ws (weight standardization) | plain
+    config.ws_preset = "pytorch"  # wsjax.PRESETS key: pytorch | qiao | bit | timm
+    config.norm = "bcn"  # bcn | bn | gn | none
+    config.num_groups = 32  # groups of gn and of BCN's channel norm
+    config.bn_momentum = 0.9  # Flax sense (PyTorch's 0.1)
+    config.sync_batch_stats = (
+        False  # False: batch statistics per device (micro-batch); True: global batch
+    )
+    config.dtype = (
+        "float32"  # computation dtype: float32 | bfloat16 (parameters and statistics stay fp32)
+    )
+
+    # Optimization.
+    config.global_batch_size = 64  # split evenly over all devices of all hosts
+    config.num_epochs = 10
+    config.num_train_steps = -1  # > 0 overrides num_epochs
+    config.optimizer = "adam"  # adam | adamw | sgd (Nesterov)
+    config.learning_rate = 2.5e-4
+    config.schedule = "constant"  # constant | cosine (both after warmup_epochs of linear warm-up)
+    config.warmup_epochs = 0.0
+    config.weight_decay = 0.0  # on kernels only
+    config.momentum = 0.9  # sgd only
+    config.seed = 0
+
+    # Bookkeeping.
+    config.eval_batch_size = 500  # global; the last partial batch is padded and masked
+    config.log_every_steps = 50
+    config.eval_every_steps = -1  # <= 0: at the end of every epoch
+    config.checkpoint_every_steps = -1  # <= 0: at the end of every epoch
+    config.keep_checkpoints = 3
+    config.progress_bar = True
+    return config

@@ -1,0 +1,234 @@
+"""Image-classification data held in device memory, one shard per device.
+
+Datasets of the CIFAR / Fashion-MNIST size fit in memory many times over, so each device keeps its shard of
+the training split as uint8 and draws its batches there, inside the jitted step: no host work per step, and
+the data order is a pure function of (seed, step, device), which makes resumption exact.
+
+Device ``d`` of ``D`` owns examples ``[d * (N // D), (d + 1) * (N // D))`` of the split (the last
+``N mod D`` training examples are unused; test examples are never dropped: the test split is padded and
+masked). A process loads only the slice that its own devices own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import urllib.parse
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+SYNTHETIC = "synthetic"
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The dataset is neither prepared locally nor downloadable; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedSplit:
+    """One split, on device: ``images (D, per_device, H, W, C) uint8``, ``labels``/``mask (D, per_device)``."""
+
+    images: jax.Array
+    labels: jax.Array
+    mask: jax.Array  # 1 for a real example, 0 for padding
+    num_examples: int  # real examples across all devices
+
+    @property
+    def per_device(self) -> int:
+        return self.images.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    train: ShardedSplit
+    test: ShardedSplit
+    num_classes: int
+    image_shape: tuple[int, int, int]
+
+
+def _device_ranges(num_examples: int, num_devices: int, pad: bool) -> list[tuple[int, int]]:
+    if pad:  # every example is used: shards of ceil(N / D), the last ones shorter (then padded)
+        size = -(-num_examples // num_devices)
+        return [
+            (min(d * size, num_examples), min((d + 1) * size, num_examples))
+            for d in range(num_devices)
+        ]
+    size = num_examples // num_devices
+    return [(d * size, (d + 1) * size) for d in range(num_devices)]
+
+
+def _local_device_slice(mesh: Mesh) -> tuple[int, int]:
+    """The contiguous range of global device positions that belong to this process."""
+    positions = [
+        i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()
+    ]
+    if positions != list(range(positions[0], positions[-1] + 1)):
+        raise ValueError("this process's devices are not contiguous in the mesh")
+    return positions[0], positions[-1] + 1
+
+
+def _check_reachable(url: str, timeout_s: float = 5.0) -> bool:
+    parsed = urllib.parse.urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _tfds_builder(name: str, data_dir: str | None, download: bool):
+    import tensorflow_datasets as tfds  # heavy: imported only when a real dataset is asked for
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ValueError(
+            f"unknown dataset {name!r}: not a TFDS dataset name (e.g. cifar10, cifar100, mnist, "
+            f"fashion_mnist, svhn_cropped) nor {SYNTHETIC!r}."
+        ) from e
+    if builder.is_prepared() if hasattr(builder, "is_prepared") else builder.data_path.exists():
+        return builder
+    urls = sorted(getattr(builder.info, "download_urls", []) or [])
+    where = builder.data_dir
+    how = (
+        f"prepare it where it can be downloaded (`tfds build {name} --data_dir DIR`) and copy "
+        f"DIR/{name} to {where.rsplit('/' + name, 1)[0]}/{name}, or point config.data_dir at an "
+        f"existing TFDS data dir"
+    )
+    if not download:
+        raise DatasetUnavailableError(
+            f"dataset {name!r} is not prepared in {where} and download=False: {how}."
+        )
+    probe = next(iter(urls), "https://storage.googleapis.com")
+    if not _check_reachable(probe):
+        needed = ", ".join(urls) if urls else "its source archives"
+        raise DatasetUnavailableError(
+            f"dataset {name!r} is not prepared in {where} and {urllib.parse.urlparse(probe).hostname} "
+            f"is unreachable (offline?). It needs {needed}. Fix: {how}."
+        )
+    builder.download_and_prepare()
+    return builder
+
+
+def _load_numpy(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow_datasets as tfds
+
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+    images = data["image"]
+    if images.ndim == 3:
+        images = images[..., None]
+    return images.astype(np.uint8), data["label"].astype(np.int32)
+
+
+def _synthetic(split: str, num_classes: int, shape: tuple[int, int, int], num_examples: int):
+    """Learnable random data: each class is a fixed random image plus noise."""
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    prototypes = np.random.default_rng(42).integers(0, 256, size=(num_classes, *shape))
+    labels = rng.integers(0, num_classes, size=num_examples).astype(np.int32)
+    noise = rng.normal(0, 40, size=(num_examples, *shape))
+    images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def _place(
+    mesh: Mesh,
+    images: np.ndarray,
+    labels: np.ndarray,
+    local_ranges: list[tuple[int, int]],
+    pad_to: int,
+    num_examples: int,
+) -> ShardedSplit:
+    """Stacks this process's device shards (each padded to ``pad_to``) into global device arrays.
+
+    ``images``/``labels`` hold examples ``local_ranges[0][0]`` to ``local_ranges[-1][1]`` of the split.
+    """
+    offset = local_ranges[0][0]
+    local_images, local_labels, local_mask = [], [], []
+    for start, stop in local_ranges:
+        n = stop - start
+        padded_images = np.zeros((pad_to, *images.shape[1:]), np.uint8)
+        padded_images[:n] = images[start - offset : stop - offset]
+        padded_labels = np.zeros((pad_to,), np.int32)
+        padded_labels[:n] = labels[start - offset : stop - offset]
+        local_images.append(padded_images)
+        local_labels.append(padded_labels)
+        local_mask.append((np.arange(pad_to) < n).astype(np.float32))
+    sharding = NamedSharding(mesh, P("batch"))
+
+    def global_array(local: list[np.ndarray]) -> jax.Array:
+        stacked = np.stack(local)
+        return jax.make_array_from_process_local_data(
+            sharding, stacked, (mesh.devices.size, *stacked.shape[1:])
+        )
+
+    return ShardedSplit(
+        global_array(local_images),
+        global_array(local_labels),
+        global_array(local_mask),
+        num_examples,
+    )
+
+
+def load(
+    name: str,
+    mesh: Mesh,
+    data_dir: str | None = None,
+    download: bool = True,
+    synthetic_shape: tuple[int, int, int] = (32, 32, 3),
+    synthetic_examples: tuple[int, int] = (2048, 512),
+    test_pad_multiple: int = 1,
+) -> Dataset:
+    """Loads ``name`` (a TFDS image-classification dataset, or ``'synthetic'``) into device memory.
+
+    Args:
+      name: TFDS name or ``'synthetic'``.
+      mesh: the 1-D device mesh; its devices' order defines the shards.
+      data_dir: TFDS data dir (None: TFDS's default, ~/tensorflow_datasets).
+      download: whether to download and prepare a dataset that is not prepared yet.
+      synthetic_shape: image shape of the synthetic dataset.
+      synthetic_examples: (train, test) sizes of the synthetic dataset.
+      test_pad_multiple: each device's test shard is padded to a multiple of this (its eval batch).
+
+    Raises:
+      ValueError: an unknown dataset name.
+      DatasetUnavailableError: not prepared and not downloadable; the message says what to place where.
+    """
+    num_devices = mesh.devices.size
+    lo, hi = _local_device_slice(mesh)
+    splits = {}
+    if name == SYNTHETIC:
+        num_classes, image_shape = 10, synthetic_shape
+        sizes = dict(zip(("train", "test"), synthetic_examples, strict=True))
+    else:
+        builder = _tfds_builder(name, data_dir, download)
+        features = builder.info.features
+        if "image" not in features or "label" not in features:
+            raise ValueError(
+                f"dataset {name!r} has no 'image' and 'label' features; it is not image classification."
+            )
+        num_classes = features["label"].num_classes
+        image_shape = tuple(features["image"].shape)
+        if len(image_shape) == 2:
+            image_shape = (*image_shape, 1)
+        sizes = {s: builder.info.splits[s].num_examples for s in ("train", "test")}
+    for split in ("train", "test"):
+        ranges = _device_ranges(sizes[split], num_devices, pad=split == "test")
+        if ranges[0][1] - ranges[0][0] == 0:
+            raise ValueError(
+                f"the {split} split of {name!r} has fewer examples than there are devices"
+            )
+        start, stop = ranges[lo][0], ranges[hi - 1][1]
+        if name == SYNTHETIC:
+            images, labels = _synthetic(split, num_classes, image_shape, sizes[split])
+            images, labels = images[start:stop], labels[start:stop]
+        else:
+            images, labels = _load_numpy(builder, f"{split}[{start}:{stop}]")
+        used = ranges[-1][1]  # training drops the last N mod D examples; test keeps all
+        pad_to = ranges[0][1] - ranges[0][0]
+        if split == "test":  # whole evaluation batches, the padding masked out
+            pad_to = -(-pad_to // test_pad_multiple) * test_pad_multiple
+        splits[split] = _place(mesh, images, labels, ranges[lo:hi], pad_to, used)
+    return Dataset(splits["train"], splits["test"], num_classes, image_shape)

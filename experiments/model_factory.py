@@ -1,0 +1,46 @@
+"""The model a config names, built from wsjax parts."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+import wsjax
+from wsjax.models import VGG16, ResNet18, VGG16Narrow, norm_layer
+
+MODELS = {"vgg16": VGG16, "vgg16_narrow": VGG16Narrow, "resnet18": ResNet18}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(
+    config: ml_collections.ConfigDict, num_classes: int, axis_name: str | None
+) -> nn.Module:
+    """``config.model`` with ``config.conv`` convolutions and ``config.norm`` normalization.
+
+    Args:
+      config: the experiment config.
+      num_classes: classifier width.
+      axis_name: the mapped batch axis when batch statistics are synced, else None (per device).
+    """
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}.")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}.")
+    dtype = DTYPES[config.dtype]
+    if config.conv == "ws":
+        conv = functools.partial(wsjax.WSConv, **wsjax.PRESETS[config.ws_preset])
+    elif config.conv == "plain":
+        conv = nn.Conv
+    else:
+        raise ValueError(f"unknown conv {config.conv!r}; choose 'ws' or 'plain'.")
+    norm = norm_layer(
+        config.norm,
+        num_groups=config.num_groups,
+        momentum=config.bn_momentum,
+        axis_name=axis_name,
+        dtype=dtype,
+    )
+    return MODELS[config.model](num_classes=num_classes, conv=conv, norm=norm, dtype=dtype)

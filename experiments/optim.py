@@ -1,0 +1,53 @@
+"""Optimizer and learning-rate schedule from the config (optax)."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> optax.Schedule:
+    """``constant`` (after an optional linear warm-up) or ``cosine``: warm-up then cosine decay to 0."""
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "constant":
+        if warmup == 0:
+            return optax.constant_schedule(config.learning_rate)
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, config.learning_rate, warmup),
+                optax.constant_schedule(config.learning_rate),
+            ],
+            [warmup],
+        )
+    if config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, config.learning_rate, warmup, max(total_steps, warmup + 1), end_value=0.0
+        )
+    raise ValueError(f"unknown schedule {config.schedule!r}; choose 'constant' or 'cosine'.")
+
+
+def _decay_mask(params):
+    # Decay kernels only, not biases, norm scales/shifts or WS gains.
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+    """``adam`` (the reference), ``adamw``, or ``sgd`` with Nesterov momentum; weight decay on kernels."""
+    if config.optimizer == "adam":
+        tx = optax.adam(schedule)
+        if config.weight_decay:  # L2 in the loss gradient, as torch.optim.Adam(weight_decay=...)
+            tx = optax.chain(optax.add_decayed_weights(config.weight_decay, _decay_mask), tx)
+        return tx
+    if config.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask)
+    if config.optimizer == "sgd":
+        return optax.chain(
+            optax.add_decayed_weights(config.weight_decay, _decay_mask),
+            optax.sgd(schedule, momentum=config.momentum, nesterov=True),
+        )
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'adam', 'adamw' or 'sgd'.")

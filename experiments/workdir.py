@@ -1,0 +1,61 @@
+"""Workdir checks: writable, and used by one run at a time."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pathlib
+
+import jax
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another run holds the workdir."""
+
+
+def check_writable(workdir: pathlib.Path) -> None:
+    """Creates ``workdir`` if needed; a clear error if it cannot be written."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write_probe_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(
+            f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir."
+        ) from e
+
+
+class WorkdirLock:
+    """An exclusive ``flock`` on ``WORKDIR/.lock`` held by process 0 for the whole run.
+
+    The kernel releases it when the process dies, even by ``kill -9``, so a crashed run never blocks its rerun.
+    """
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path = workdir / ".lock"
+        self._file = None
+
+    def __enter__(self):
+        if jax.process_index() != 0:
+            return self
+        self._file = self.path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise WorkdirBusyError(
+                f"workdir {self.path.parent} is in use by {holder}; wait for it to finish or use another --workdir."
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()}")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
