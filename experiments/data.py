@@ -89,38 +89,46 @@ def _tfds_builder(name: str, data_dir: str | None, download: bool):
             f"unknown dataset {name!r}: not a TFDS dataset name (e.g. cifar10, cifar100, mnist, "
             f"fashion_mnist, svhn_cropped) nor {SYNTHETIC!r}."
         ) from e
-    if builder.is_prepared() if hasattr(builder, "is_prepared") else builder.data_path.exists():
+    if builder.is_prepared():
         return builder
-    urls = sorted(getattr(builder.info, "download_urls", []) or [])
-    where = builder.data_dir
-    how = (
-        f"prepare it where it can be downloaded (`tfds build {name} --data_dir DIR`) and copy "
-        f"DIR/{name} to {where.rsplit('/' + name, 1)[0]}/{name}, or point config.data_dir at an "
-        f"existing TFDS data dir"
+    root = builder.data_dir_root
+    manual_dir = root / "downloads" / "manual"  # TFDS's default manual dir: archives there are used as is
+    archives = {url: info.filename or url.rsplit("/", 1)[-1] for url, info in (builder.url_infos or {}).items()}
+    missing = {url: name for url, name in archives.items() if not (manual_dir / name).exists()}
+    if download and archives and not missing:
+        builder.download_and_prepare()  # offline, from the archives placed by hand
+        return builder
+    needed = "; ".join(f"{name} (from {url})" for url, name in sorted(missing.items())) or "its source files"
+    fix = (
+        f"place {needed} in {manual_dir}/ and rerun, or copy a TFDS-prepared {name}/ folder (from "
+        f"`tfds build {name}` elsewhere) into {root}, or point config.data_dir at one"
     )
     if not download:
-        raise DatasetUnavailableError(
-            f"dataset {name!r} is not prepared in {where} and download=False: {how}."
-        )
-    probe = next(iter(urls), "https://storage.googleapis.com")
+        raise DatasetUnavailableError(f"dataset {name!r} is not prepared in {root} and download=False: {fix}.")
+    probe = next(iter(sorted(missing)), "https://storage.googleapis.com")
     if not _check_reachable(probe):
-        needed = ", ".join(urls) if urls else "its source archives"
         raise DatasetUnavailableError(
-            f"dataset {name!r} is not prepared in {where} and {urllib.parse.urlparse(probe).hostname} "
-            f"is unreachable (offline?). It needs {needed}. Fix: {how}."
+            f"dataset {name!r} is not prepared in {root} and {urllib.parse.urlparse(probe).hostname} is "
+            f"unreachable (offline?): {fix}."
         )
     builder.download_and_prepare()
     return builder
 
 
 def _load_numpy(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split as ``(images (N, H, W, C) uint8, labels (N,) int32)``, in the dataset's own order."""
     import tensorflow_datasets as tfds
 
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
-    images = data["image"]
+    # Fixed-size batches, not batch_size=-1: TFDS's mock data generator aborts on one unbounded batch.
+    batches = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).batch(8192))
+    images, labels = [], []
+    for batch in batches:
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    images = np.concatenate(images)
     if images.ndim == 3:
         images = images[..., None]
-    return images.astype(np.uint8), data["label"].astype(np.int32)
+    return images.astype(np.uint8), np.concatenate(labels).astype(np.int32)
 
 
 def _synthetic(split: str, num_classes: int, shape: tuple[int, int, int], num_examples: int):
@@ -213,18 +221,26 @@ def load(
         image_shape = tuple(features["image"].shape)
         if len(image_shape) == 2:
             image_shape = (*image_shape, 1)
-        sizes = {s: builder.info.splits[s].num_examples for s in ("train", "test")}
+        sizes = {}  # known once loaded (one process), or from the dataset info (several)
     for split in ("train", "test"):
+        whole = None
+        if name == SYNTHETIC:
+            whole = _synthetic(split, num_classes, image_shape, sizes[split])
+        elif jax.process_count() == 1:  # one reader: take the split whole, sized by what it holds
+            whole = _load_numpy(builder, split)
+        if whole is not None:
+            sizes[split] = len(whole[1])
+        else:
+            sizes[split] = builder.info.splits[split].num_examples
         ranges = _device_ranges(sizes[split], num_devices, pad=split == "test")
         if ranges[0][1] - ranges[0][0] == 0:
             raise ValueError(
                 f"the {split} split of {name!r} has fewer examples than there are devices"
             )
         start, stop = ranges[lo][0], ranges[hi - 1][1]
-        if name == SYNTHETIC:
-            images, labels = _synthetic(split, num_classes, image_shape, sizes[split])
-            images, labels = images[start:stop], labels[start:stop]
-        else:
+        if whole is not None:
+            images, labels = whole[0][start:stop], whole[1][start:stop]
+        else:  # several hosts: each reads only the examples its own devices hold
             images, labels = _load_numpy(builder, f"{split}[{start}:{stop}]")
         used = ranges[-1][1]  # training drops the last N mod D examples; test keeps all
         pad_to = ranges[0][1] - ranges[0][0]

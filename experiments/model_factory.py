@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import ml_collections
 
 import wsjax
-from wsjax.models import VGG16, ResNet18, VGG16Narrow, norm_layer
+from wsjax.models import VGG, VGG16, ResNet18, VGG16Narrow, norm_layer
 
-MODELS = {"vgg16": VGG16, "vgg16_narrow": VGG16Narrow, "resnet18": ResNet18}
+# Three 3x3 convs of 8-16-32 channels: for tests and smoke runs (use num_groups <= 8).
+VGGTiny = functools.partial(VGG, stages=((8,), (16,), (32,)))
+MODELS = {"vgg16": VGG16, "vgg16_narrow": VGG16Narrow, "resnet18": ResNet18, "vgg_tiny": VGGTiny}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

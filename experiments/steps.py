@@ -103,18 +103,25 @@ def _per_device_train_step(
             updates.get("batch_stats", {}),
         )
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Differentiate this device's loss with respect to a device-varying copy of the parameters, so that
+    # the gradient is this device's own (for replicated parameters shard_map's autodiff would sum it over
+    # devices); then average it over devices, as pmap-era data parallelism does.
+    local_params = lax.pcast(state.params, AXIS, to="varying")
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
     grads = lax.pmean(grads, AXIS)
     # Without axis_name each device updated its running statistics from its own micro-batch; averaging
     # them keeps one model. (With axis_name they are already equal and this is a no-op.)
     batch_stats = lax.pmean(batch_stats, AXIS)
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    # optax mixes its int32 step count with floats (Adam's bias correction): allow that promotion here,
+    # whatever the caller's (our tests run everything else under 'strict').
+    with jax.numpy_dtype_promotion("standard"):
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = {
         "loss": lax.pmean(loss, AXIS),
         "accuracy": lax.pmean(
             jnp.mean((jnp.argmax(logits, -1) == batch_labels).astype(jnp.float32)), AXIS
         ),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     return new_state, metrics
 

@@ -84,8 +84,8 @@ def _evaluate(
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     return {
-        "loss": totals["loss"] / totals["count"],
-        "accuracy": totals["correct"] / totals["count"],
+        "loss": float(totals["loss"]) / float(totals["count"]),
+        "accuracy": float(totals["correct"]) / float(totals["count"]),
     }
 
 
