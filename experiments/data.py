@@ -92,19 +92,29 @@ def _tfds_builder(name: str, data_dir: str | None, download: bool):
     if builder.is_prepared():
         return builder
     root = builder.data_dir_root
-    manual_dir = root / "downloads" / "manual"  # TFDS's default manual dir: archives there are used as is
-    archives = {url: info.filename or url.rsplit("/", 1)[-1] for url, info in (builder.url_infos or {}).items()}
+    manual_dir = (
+        root / "downloads" / "manual"
+    )  # TFDS's default manual dir: archives there are used as is
+    archives = {
+        url: info.filename or url.rsplit("/", 1)[-1]
+        for url, info in (builder.url_infos or {}).items()
+    }
     missing = {url: name for url, name in archives.items() if not (manual_dir / name).exists()}
     if download and archives and not missing:
         builder.download_and_prepare()  # offline, from the archives placed by hand
         return builder
-    needed = "; ".join(f"{name} (from {url})" for url, name in sorted(missing.items())) or "its source files"
+    needed = (
+        "; ".join(f"{name} (from {url})" for url, name in sorted(missing.items()))
+        or "its source files"
+    )
     fix = (
         f"place {needed} in {manual_dir}/ and rerun, or copy a TFDS-prepared {name}/ folder (from "
         f"`tfds build {name}` elsewhere) into {root}, or point config.data_dir at one"
     )
     if not download:
-        raise DatasetUnavailableError(f"dataset {name!r} is not prepared in {root} and download=False: {fix}.")
+        raise DatasetUnavailableError(
+            f"dataset {name!r} is not prepared in {root} and download=False: {fix}."
+        )
     probe = next(iter(sorted(missing)), "https://storage.googleapis.com")
     if not _check_reachable(probe):
         raise DatasetUnavailableError(

@@ -46,7 +46,9 @@ def _params(workdir) -> dict:
     metadata = getattr(metadata, "item_metadata", metadata)
     metadata = getattr(metadata, "tree", metadata)
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata)
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata
+    )
     restored = checkpointer.restore(path, target)
     return {k: np.asarray(v) for k, v in _flatten(restored["params"]).items()}
 

@@ -70,7 +70,8 @@ def test_unknown_dataset(tmp_path):
 def test_dataset_not_prepared_and_download_off(tmp_path):
     config = tiny_config(dataset="mnist", data_dir=str(tmp_path / "tfds"), download=False)
     with pytest.raises(
-        data.DatasetUnavailableError, match=r"'mnist' is not prepared in .* and download=False: place t10k-images-idx3-ubyte.gz .*downloads/manual/"
+        data.DatasetUnavailableError,
+        match=r"'mnist' is not prepared in .* and download=False: place t10k-images-idx3-ubyte.gz .*downloads/manual/",
     ):
         train.train_and_evaluate(config, str(tmp_path / "w"))
 
