@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -28,6 +30,8 @@ class Checkpoints:
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         self.manager = ocp.CheckpointManager(
             self.directory,
+            # Named up front so that item_metadata() can read a checkpoint's shapes before any restore.
+            item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=False
             ),
@@ -60,28 +64,43 @@ class Checkpoints:
                 return state, step, skipped
             except CheckpointMismatchError:
                 raise
-            except (
-                Exception
-            ) as e:  # a truncated or corrupt checkpoint: fall back to the previous one
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back to the previous one
+                moved = self._quarantine(step)
                 message = (
-                    f"checkpoint {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); skipped"
+                    f"checkpoint {step} is unreadable ({type(e).__name__}: {str(e)[:160]}); skipped it "
+                    f"and moved it to {moved}"
                 )
                 log.warning(message)
                 skipped.append(message)
         return target, None, skipped
 
+    def _quarantine(self, step: int) -> pathlib.Path:
+        """Moves an unreadable checkpoint out of the way (kept for inspection, never deleted)."""
+        source = self.directory / str(step)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.directory.parent / "unreadable_checkpoints" / f"{step}-{stamp}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(source), str(target))
+        self.manager.reload()
+        return target
+
     def _check_shapes(self, step: int, abstract: Any) -> None:
-        """Compares the saved parameter and statistics shapes with the model's, before any restore."""
-        saved = _model_shapes(getattr(self.manager.item_metadata(step), "tree", None) or {})
-        wanted = _model_shapes(abstract)
+        """Compares every saved entry's shape with the target's before restoring.
+
+        A checkpoint that reads but differs (another model, another optimizer) is the user's to resolve,
+        never to be mistaken for a corrupt one and moved aside.
+        """
+        saved = _shapes(getattr(self.manager.item_metadata(step), "tree", None) or {})
+        wanted = _shapes(abstract)
         if not saved:
             return  # no metadata to compare: let the restore itself decide
         for name in sorted(set(saved) | set(wanted)):
             if saved.get(name) != wanted.get(name):
                 raise CheckpointMismatchError(
-                    f"checkpoint {step} in {self.directory} does not fit this config's model: {name} is "
-                    f"{saved.get(name, 'absent')} there but {wanted.get(name, 'absent')} here. It was written "
-                    f"by a different model; use a new --workdir, or the config that wrote it."
+                    f"checkpoint {step} in {self.directory} does not fit this config: {name} is "
+                    f"{saved.get(name, 'absent')} there but {wanted.get(name, 'absent')} here (a different "
+                    f"model or optimizer wrote it). Use a new --workdir, or the config that wrote it."
                 )
 
     @property
@@ -92,11 +111,10 @@ class Checkpoints:
         self.manager.close()
 
 
-def _model_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """``{'params/conv1_1/kernel': shape, ...}`` for the params and batch_stats of a state or metadata tree."""
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{'params/conv1_1/kernel': shape, 'opt_state/0/mu/...': shape, ...}`` of a state or metadata tree."""
     shapes = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-        if names and names[0] in ("params", "batch_stats") and hasattr(leaf, "shape"):
-            shapes["/".join(names)] = tuple(leaf.shape)
+        shapes["/".join(names)] = tuple(getattr(leaf, "shape", ()))
     return shapes

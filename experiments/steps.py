@@ -122,6 +122,8 @@ def _per_device_train_step(
             jnp.mean((jnp.argmax(logits, -1) == batch_labels).astype(jnp.float32)), AXIS
         ),
         "grad_norm": optax.tree.norm(grads),
+        # Checked on the host before any checkpoint: non-finite parameters are never saved.
+        "param_norm": optax.tree.norm(new_state.params),
     }
     return new_state, metrics
 

@@ -8,6 +8,7 @@ checkpoint of the current step and exits cleanly.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pathlib
@@ -23,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import data, model_factory, optim, steps
+from experiments import data, model_factory, optim, provenance, steps
 from experiments.checkpoints import Checkpoints
 from experiments.metrics import MetricsWriter
 from experiments.workdir import WorkdirLock, check_writable
@@ -91,10 +92,11 @@ def _evaluate(
 
 def _check_finite(history: list[dict[str, float]], first_step: int) -> None:
     for offset, m in enumerate(history):
-        if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm")):
+        if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
             step = first_step + offset + 1
             raise NonFiniteError(
-                f"non-finite loss or gradient at step {step} (loss={m['loss']}, grad_norm={m['grad_norm']}); "
+                f"non-finite loss, gradient or parameters at step {step} (loss={m['loss']}, "
+                f"grad_norm={m['grad_norm']}, param_norm={m['param_norm']}); "
                 f"stopped without checkpointing it. Lower the learning rate and rerun: the run resumes "
                 f"from the last good checkpoint."
             )
@@ -156,6 +158,9 @@ def _train(
                 file=sys.stderr,
             )
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        run_info = {**provenance.describe_machine(), "resumed_from_step": restored_step}
+        (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2))
+    run_started = time.perf_counter()
 
     step_cfg = steps.StepConfig.from_config(config, per_device_batch, steps_per_epoch)
     train_step = steps.make_train_step(mesh, step_cfg)
@@ -224,6 +229,12 @@ def _train(
         writer.close()
         checkpoints.close()
     if is_main:
+        run_info.update(
+            train_wall_time_s=time.perf_counter() - run_started,
+            final_step=total_steps,
+            final_test_accuracy=test_metrics["accuracy"],
+        )
+        (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2))
         print(f"final test accuracy: {test_metrics['accuracy']:.4f}")
     return {"step": total_steps, **test_metrics}
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -32,3 +36,89 @@ def tiny_config(**overrides):
     config.progress_bar = False
     config.update(overrides)
     return config
+
+
+TRAIN = [sys.executable, "-m", "experiments.train"]
+# A real (not tiny) model on synthetic data: ~0.1-0.3 s per step on 2 CPU cores, slow enough to be
+# interrupted at a chosen step.
+FAULT_ARGS = [
+    "--config=experiments/configs/default.py",
+    "--config.dataset=synthetic",
+    "--config.model=vgg16_narrow",
+    "--config.num_groups=8",
+    "--config.global_batch_size=32",
+    "--config.eval_batch_size=256",
+    "--config.log_every_steps=1",
+    "--config.progress_bar=False",
+]
+
+
+def cli_env(devices: int = 1) -> dict[str, str]:
+    """The environment of a training subprocess with ``devices`` CPU devices."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    env.update(JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    return env
+
+
+def run_cli(args: list[str], devices: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs ``python -m experiments.train ARGS`` to completion."""
+    return subprocess.run(
+        [*TRAIN, *args],
+        cwd=REPO,
+        env=cli_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_cli(args: list[str], devices: int = 1) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*TRAIN, *args],
+        cwd=REPO,
+        env=cli_env(devices),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+    directory = workdir / "checkpoints"
+    if not directory.exists():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def read_checkpoint(workdir: pathlib.Path, step: int) -> dict:
+    """A checkpoint's arrays as NumPy, read onto this process's first device whatever wrote it."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    path = workdir / "checkpoints" / str(step) / "default"
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(path)
+    metadata = getattr(metadata, "item_metadata", metadata)
+    metadata = getattr(metadata, "tree", metadata)
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata
+    )
+    return jax.tree.map(np.asarray, checkpointer.restore(path, target))
+
+
+def logged_metrics(workdir: pathlib.Path, keys=("loss", "accuracy")) -> list[tuple]:
+    """The deterministic part of metrics.jsonl (timings excluded)."""
+    import json
+
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [tuple([r["step"], r["split"], *(r[k] for k in keys)]) for r in map(json.loads, lines)]

@@ -1,16 +1,13 @@
 """Two processes x 2 CPU devices (jax.distributed over localhost) end where one process x 4 devices does."""
 
-import os
 import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, cli_env, read_checkpoint
 
 ARGS = [
     "--config=experiments/configs/default.py",
@@ -26,12 +23,6 @@ ARGS = [
 ]
 
 
-def _env(devices: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-    env.update(JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    return env
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,18 +30,7 @@ def _free_port() -> int:
 
 
 def _params(workdir) -> dict:
-    """The final checkpoint's parameters, read onto this process's first device."""
-    path = workdir / "checkpoints" / "3" / "default"
-    checkpointer = ocp.StandardCheckpointer()
-    metadata = checkpointer.metadata(path)
-    metadata = getattr(metadata, "item_metadata", metadata)
-    metadata = getattr(metadata, "tree", metadata)
-    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata
-    )
-    restored = checkpointer.restore(path, target)
-    return {k: np.asarray(v) for k, v in _flatten(restored["params"]).items()}
+    return {k: v for k, v in _flatten(read_checkpoint(workdir, 3)["params"]).items()}
 
 
 def _flatten(tree, prefix=""):
@@ -69,7 +49,7 @@ def test_two_processes_equal_one_process(tmp_path):
     single = subprocess.run(
         [*command, *ARGS, f"--workdir={tmp_path / 'one'}"],
         cwd=REPO,
-        env=_env(4),
+        env=cli_env(4),
         capture_output=True,
         text=True,
         timeout=300,
@@ -88,7 +68,7 @@ def test_two_processes_equal_one_process(tmp_path):
                 f"--process_id={i}",
             ],
             cwd=REPO,
-            env=_env(2),
+            env=cli_env(2),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
