@@ -284,8 +284,28 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except (
+        AttributeError,
+        KeyError,
+    ) as e:  # ml_collections: an override of a field the config lacks
+        inner = e.args[0] if e.args and isinstance(e.args[0], Exception) else e
+        detail = str(inner.args[0] if inner.args else inner).replace("\n", "; ")
+        print(
+            f"error: unknown config field {detail} (in the overrides "
+            f"{', '.join(a.split('=')[0] for a in argv[1:] if a.startswith('--config.'))}); "
+            f"see the config file for the fields it defines.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     from absl import app
 
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
