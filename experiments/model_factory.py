@@ -13,7 +13,15 @@ from wsjax.models import VGG, VGG16, ResNet18, VGG16Narrow, norm_layer
 
 # Three 3x3 convs of 8-16-32 channels: for tests and smoke runs (use num_groups <= 8).
 VGGTiny = functools.partial(VGG, stages=((8,), (16,), (32,)))
-MODELS = {"vgg16": VGG16, "vgg16_narrow": VGG16Narrow, "resnet18": ResNet18, "vgg_tiny": VGGTiny}
+# Six 3x3 convs in three stages of 16-32-64 channels: the micro-batch study's CPU budget (num_groups <= 16).
+VGGSmall = functools.partial(VGG, stages=((16, 16), (32, 32), (64, 64)))
+MODELS = {
+    "vgg16": VGG16,
+    "vgg16_narrow": VGG16Narrow,
+    "resnet18": ResNet18,
+    "vgg_small": VGGSmall,
+    "vgg_tiny": VGGTiny,
+}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
