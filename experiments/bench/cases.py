@@ -1,0 +1,165 @@
+"""The benchmark cases: WS overhead, training throughput, input pipeline, inference with folded kernels."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import wsjax
+from experiments import augment, model_factory, steps
+from experiments.bench.peaks import peak_flops
+from experiments.bench.timing import stepper, time_calls
+from experiments.configs import default
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every case shares."""
+
+    model: str  # a model_factory name
+    image_shape: tuple[int, int, int]
+    repeats: int
+    calls: int
+    mesh: Mesh
+
+
+def _config(setup: Setup, **overrides: Any) -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.model = setup.model
+    config.num_groups = (
+        min(config.num_groups, 4) if setup.model == "vgg_tiny" else config.num_groups
+    )
+    config.update(overrides)
+    return config
+
+
+def _train_step(setup: Setup, config: ml_collections.ConfigDict, per_device_batch: int):
+    """A compiled train step with a device-resident synthetic shard that holds 4 batches per device."""
+    devices = setup.mesh.devices.size
+    model = model_factory.build_model(config, 10, None)
+    state = steps.create_train_state(model, optax.adam(2.5e-4), setup.image_shape, 0)
+    state = jax.device_put(state, NamedSharding(setup.mesh, P()))
+    shard = 4 * per_device_batch
+    rng = np.random.default_rng(0)
+    sharding = NamedSharding(setup.mesh, P(steps.AXIS))
+    images = jax.device_put(
+        rng.integers(0, 256, (devices, shard, *setup.image_shape), dtype=np.uint8), sharding
+    )
+    labels = jax.device_put(rng.integers(0, 10, (devices, shard)).astype(np.int32), sharding)
+    cfg = steps.StepConfig(
+        per_device_batch, 4, config.crop_padding, config.horizontal_flip, (0.5,), (0.5,)
+    )
+    return steps.make_train_step(setup.mesh, cfg), state, images, labels
+
+
+def time_train_step(setup: Setup, per_device_batch: int, **overrides: Any) -> dict[str, Any]:
+    config = _config(setup, **overrides)
+    step, state, images, labels = _train_step(setup, config, per_device_batch)
+    flops = _flops(step, state, images, labels)
+    timing = time_calls(stepper(step, state, images, labels), setup.repeats, setup.calls)
+    global_batch = per_device_batch * setup.mesh.devices.size
+    result = {
+        "per_device_batch": per_device_batch,
+        **{k: config[k] for k in ("model", "conv", "norm", "dtype")},
+        "step_time_s": timing.as_dict(),
+        "images_per_s": global_batch / timing.median,
+        "flops_per_step": flops,
+        "achieved_flops_per_s": flops / timing.median if flops else None,
+    }
+    peak = peak_flops(jax.devices()[0].device_kind, config.dtype)
+    result["mfu"] = (
+        result["achieved_flops_per_s"] / (peak * setup.mesh.devices.size)
+        if peak and flops
+        else None
+    )
+    return result
+
+
+def _flops(step, *args) -> float | None:
+    """FLOPs of one compiled step, from XLA's cost analysis (None where the backend gives none)."""
+    analysis = step.lower(*args).compile().cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else {}
+    return float(analysis.get("flops", 0.0)) or None
+
+
+def ws_overhead(setup: Setup, per_device_batch: int) -> dict[str, Any]:
+    """The same train step with WSConv vs nn.Conv (BCN both), measured back to back."""
+    ws = time_train_step(setup, per_device_batch, conv="ws", norm="bcn")
+    plain = time_train_step(setup, per_device_batch, conv="plain", norm="bcn")
+    return {
+        "per_device_batch": per_device_batch,
+        "ws_step_s": ws["step_time_s"]["median"],
+        "plain_step_s": plain["step_time_s"]["median"],
+        "ratio": ws["step_time_s"]["median"] / plain["step_time_s"]["median"],
+        "ws": ws,
+        "plain": plain,
+    }
+
+
+def input_pipeline(setup: Setup, per_device_batch: int, step_images_per_s: float) -> dict[str, Any]:
+    """Images/s that drawing, augmenting and normalizing batches from device memory delivers, alone."""
+    config = _config(setup)
+    _, state, images, labels = _train_step(setup, config, per_device_batch)
+    cfg = steps.StepConfig(
+        per_device_batch, 4, config.crop_padding, config.horizontal_flip, (0.5,), (0.5,)
+    )
+
+    def draw(step, images, labels):
+        def per_device(images, labels):
+            indices = steps._batch_indices(state.rng, step, images.shape[1], cfg)
+            key = jax.random.fold_in(state.rng, step)
+            batch = augment.augment(key, images[0][indices], cfg.crop_padding, cfg.flip)
+            return augment.normalize(batch, cfg.mean, cfg.std)[None], labels[0][indices][None]
+
+        return jax.shard_map(
+            per_device,
+            mesh=setup.mesh,
+            in_specs=(P(steps.AXIS), P(steps.AXIS)),
+            out_specs=P(steps.AXIS),
+        )(images, labels)
+
+    draw = jax.jit(draw)
+    counter = iter(range(10**9))
+    timing = time_calls(
+        lambda: draw(jnp.int32(next(counter) % 4), images, labels), setup.repeats, setup.calls
+    )
+    delivered = per_device_batch * setup.mesh.devices.size / timing.median
+    return {
+        "per_device_batch": per_device_batch,
+        "batch_time_s": timing.as_dict(),
+        "images_per_s": delivered,
+        "step_consumes_images_per_s": step_images_per_s,
+        "headroom": delivered / step_images_per_s,
+    }
+
+
+def inference(setup: Setup, batch: int) -> dict[str, Any]:
+    """Evaluation forward pass: WS model vs the same weights folded into plain convs."""
+    config = _config(setup, conv="ws", norm="bcn")
+    model = model_factory.build_model(config, 10, None)
+    x = jax.random.normal(jax.random.key(0), (batch, *setup.image_shape))
+    variables = model.init(jax.random.key(1), x[:1], train=False)
+    folded = wsjax.fold_weight_standardization(model, variables, x[:1], train=False)
+    plain = model.clone(conv=nn.Conv)
+    ws_apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    plain_apply = jax.jit(lambda v, x: plain.apply(v, x, train=False))
+    max_diff = float(jnp.max(jnp.abs(ws_apply(variables, x) - plain_apply(folded, x))))
+    ws_t = time_calls(lambda: ws_apply(variables, x), setup.repeats, setup.calls)
+    plain_t = time_calls(lambda: plain_apply(folded, x), setup.repeats, setup.calls)
+    return {
+        "batch": batch,
+        "ws_s": ws_t.as_dict(),
+        "folded_s": plain_t.as_dict(),
+        "speedup": ws_t.median / plain_t.median,
+        "max_abs_output_difference": max_diff,
+    }

@@ -1,0 +1,131 @@
+"""Benchmarks: WS overhead, training throughput (fp32/bf16, FLOP/s, MFU), input pipeline, inference.
+
+    python -m experiments.benchmark                      # VGG16, per-device batch 2 and 64
+    python -m experiments.benchmark --tiny               # seconds: checks the harness (CI), not speed
+
+Compilation is excluded, every timing waits for the device (``block_until_ready``), and each figure is the
+median of several repeats with its min-max. Prints a table and writes JSON with the machine, the device, the
+JAX/Flax versions and the commit under ``experiments/results/benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from experiments import provenance, steps
+from experiments.bench import cases
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "benchmarks"
+
+
+def run(
+    tiny: bool,
+    batches: list[int],
+    repeats: int,
+    calls: int,
+    out_dir: pathlib.Path,
+):
+    mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))  # one device: the paper's per-GPU view
+    setup = cases.Setup(
+        model="vgg_tiny" if tiny else "vgg16",
+        image_shape=(32, 32, 3),
+        repeats=2 if tiny else repeats,
+        calls=1 if tiny else calls,
+        mesh=mesh,
+    )
+    results: dict = {
+        "machine": provenance.describe_machine(),
+        "date": datetime.date.today().isoformat(),
+        "tiny": tiny,
+    }
+    results["ws_overhead"] = [cases.ws_overhead(setup, b) for b in batches]
+    large = max(batches)
+    results["throughput"] = [
+        cases.time_train_step(setup, large, conv="ws", norm="bcn", dtype=dtype)
+        for dtype in ("float32", "bfloat16")
+    ]
+    results["input_pipeline"] = cases.input_pipeline(
+        setup, large, results["throughput"][0]["images_per_s"]
+    )
+    results["inference"] = cases.inference(setup, large)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kind = results["machine"]["device_kind"].replace(" ", "_")
+    path = out_dir / f"{results['date']}_{kind}{'_tiny' if tiny else ''}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(format_table(results))
+    print(f"\nwritten to {path}", file=sys.stderr)
+    return results, path
+
+
+def _range(t: dict) -> str:
+    return f"{t['median'] * 1e3:.1f} ms ({t['min'] * 1e3:.1f}-{t['max'] * 1e3:.1f})"
+
+
+def format_table(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        f"{m['device_kind']} x1 ({m['backend']}, {m['cpu_count']} CPU cores), JAX {m['jax']}, Flax {m['flax']}, "
+        f"commit {m['commit'][:12]}, {r['date']}",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+    ]
+    for o in r["ws_overhead"]:
+        lines.append(
+            f"| WS overhead, batch {o['per_device_batch']} (WSConv / nn.Conv step) | {o['ratio']:.3f}x "
+            f"({_range(o['ws']['step_time_s'])} vs {_range(o['plain']['step_time_s'])}) |"
+        )
+    for t in r["throughput"]:
+        mfu = f", MFU {100 * t['mfu']:.1f}%" if t["mfu"] else ""
+        gflops = (
+            f", {t['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s" if t["achieved_flops_per_s"] else ""
+        )
+        lines.append(
+            f"| train {t['model']} WS+BCN {t['dtype']}, batch {t['per_device_batch']} | {t['images_per_s']:.1f} img/s, "
+            f"step {_range(t['step_time_s'])}{gflops}{mfu} |"
+        )
+    p = r["input_pipeline"]
+    lines.append(
+        f"| input pipeline (draw + augment on device) | {p['images_per_s']:.0f} img/s = {p['headroom']:.1f}x what the step consumes |"
+    )
+    i = r["inference"]
+    lines.append(
+        f"| inference, batch {i['batch']}: folded / WS | {i['speedup']:.3f}x faster ({_range(i['folded_s'])} vs "
+        f"{_range(i['ws_s'])}; outputs differ by {i['max_abs_output_difference']:.1e}) |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    FLAGS = flags.FLAGS
+    run(
+        FLAGS.tiny,
+        [int(b) for b in FLAGS.batches],
+        FLAGS.repeats,
+        FLAGS.calls,
+        pathlib.Path(FLAGS.out),
+    )
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_bool("tiny", False, "A tiny model and few repeats: checks the harness in seconds.")
+    flags.DEFINE_list(
+        "batches", ["2", "64"], "Per-device batch sizes for the WS overhead (largest: the rest)."
+    )
+    flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported with min-max.")
+    flags.DEFINE_integer("calls", 3, "Calls averaged within one repeat.")
+    flags.DEFINE_string("out", str(RESULTS), "Folder for the JSON results.")
+    app.run(main)

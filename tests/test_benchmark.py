@@ -1,0 +1,28 @@
+"""The benchmark harness in its tiny mode: every section runs and is recorded (correctness, not speed)."""
+
+import json
+
+import pytest
+
+from experiments import benchmark
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_benchmark_writes_every_section(tmp_path):
+    results, path = benchmark.run(tiny=True, batches=[2, 4], repeats=2, calls=1, out_dir=tmp_path)
+    saved = json.loads(path.read_text())
+    assert (
+        saved["machine"]["jax"] and saved["machine"]["commit"] and saved["machine"]["device_kind"]
+    )
+    assert [o["per_device_batch"] for o in saved["ws_overhead"]] == [2, 4]
+    for o in saved["ws_overhead"]:
+        assert o["ratio"] > 0 and o["ws"]["conv"] == "ws" and o["plain"]["conv"] == "plain"
+        t = o["ws"]["step_time_s"]
+        assert t["min"] <= t["median"] <= t["max"] and t["repeats"] == 2
+    assert [t["dtype"] for t in saved["throughput"]] == ["float32", "bfloat16"]
+    assert all(t["flops_per_step"] > 0 for t in saved["throughput"])  # XLA's cost analysis on CPU
+    assert saved["throughput"][0]["mfu"] is None  # no peak for a CPU
+    assert saved["input_pipeline"]["headroom"] > 0
+    assert saved["inference"]["max_abs_output_difference"] < 1e-4
+    assert "WS overhead, batch 2" in benchmark.format_table(results)
