@@ -18,6 +18,8 @@ import pathlib
 import subprocess
 import sys
 
+from experiments.cpu_devices import fake_cpu_env
+
 # name -> (conv, norm). "none" (plain convs, no normalization) is the floor.
 NORMALIZATIONS = {
     "BN": ("plain", "bn"),
@@ -69,10 +71,7 @@ def run_cell(
     cell: Cell, sweep_dir: pathlib.Path, devices: int, train_examples: int, extra: list[str]
 ) -> None:
     workdir = sweep_dir / cell.name
-    env = dict(os.environ)
-    if devices:
-        env["JAX_PLATFORMS"] = "cpu"
-        env["JAX_NUM_CPU_DEVICES"] = str(devices)
+    env = fake_cpu_env(devices) if devices else dict(os.environ)
     command = [
         sys.executable,
         "-m",

@@ -289,10 +289,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
     try:
         return flags.FLAGS(argv)
-    except (
-        AttributeError,
-        KeyError,
-    ) as e:  # ml_collections: an override of a field the config lacks
+    except flags.Error as e:  # a value of the wrong type, a missing required flag, ...
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as e:  # ml_collections: a field the config lacks
         inner = e.args[0] if e.args and isinstance(e.args[0], Exception) else e
         detail = str(inner.args[0] if inner.args else inner).replace("\n", "; ")
         print(

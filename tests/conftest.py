@@ -2,7 +2,11 @@
 
 import os
 
+from experiments.cpu_devices import PATIENT_COLLECTIVES  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Before JAX starts: 8 fake devices on 2 loaded cores must not trip XLA's 40 s collective timeout.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {PATIENT_COLLECTIVES}".strip()
 
 import jax  # noqa: E402
 

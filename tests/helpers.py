@@ -11,6 +11,7 @@ import time
 import pytest
 
 from experiments.configs import default
+from experiments.cpu_devices import fake_cpu_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_TFDS = REPO.parent / "shared" / "tensorflow_datasets"
@@ -55,9 +56,8 @@ FAULT_ARGS = [
 
 def cli_env(devices: int = 1) -> dict[str, str]:
     """The environment of a training subprocess with ``devices`` CPU devices."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-    env.update(JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    return env
+    base = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
+    return fake_cpu_env(devices, base)
 
 
 def run_cli(args: list[str], devices: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
