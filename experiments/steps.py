@@ -63,7 +63,7 @@ class StepConfig:
         )
 
 
-def _batch_indices(rng: jax.Array, step: jax.Array, shard_len: int, cfg: StepConfig) -> jax.Array:
+def batch_indices(rng: jax.Array, step: jax.Array, shard_len: int, cfg: StepConfig) -> jax.Array:
     """This device's example indices at ``step``: a fresh permutation of its shard every epoch."""
     epoch, position = step // cfg.steps_per_epoch, step % cfg.steps_per_epoch
     device = lax.axis_index(AXIS)
@@ -82,7 +82,7 @@ def _per_device_train_step(
     state: TrainState, images: jax.Array, labels: jax.Array, cfg: StepConfig
 ):
     images, labels = images[0], labels[0]  # this device's block of the (devices, ...) arrays
-    indices = _batch_indices(state.rng, state.step, images.shape[0], cfg)
+    indices = batch_indices(state.rng, state.step, images.shape[0], cfg)
     batch_images, batch_labels = images[indices], labels[indices]
     aug_key = jax.random.fold_in(
         jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step), lax.axis_index(AXIS)
