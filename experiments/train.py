@@ -178,9 +178,8 @@ def _train(
             total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
         )
 
-    pending: list[
-        dict[str, jax.Array]
-    ] = []  # metrics not yet fetched: fetching every step would sync
+    # Metrics not yet fetched: fetching every step would make the host wait for the device.
+    pending: list[dict[str, jax.Array]] = []
     window_start, window_first_step = time.perf_counter(), start_step
     test_metrics: dict[str, float] | None = None
     try:
@@ -188,7 +187,10 @@ def _train(
             state, metrics = train_step(state, dataset.train.images, dataset.train.labels)
             pending.append(metrics)
             stop = preemption.requested
-            if step % log_every == 0 or step % ckpt_every == 0 or step == total_steps or stop:
+            at_eval = step % eval_every == 0 or step == total_steps
+            at_checkpoint = step % ckpt_every == 0 or step == total_steps or stop
+            # Fetch (and check for NaN) before anything evaluates or saves this state.
+            if step % log_every == 0 or at_eval or at_checkpoint:
                 history = jax.device_get(pending)
                 pending = []
                 _check_finite(history, window_first_step)
@@ -209,10 +211,10 @@ def _train(
                         loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.4f}"
                     )
                 window_start, window_first_step = time.perf_counter(), step
-            if step % eval_every == 0 or step == total_steps:
+            if at_eval:
                 test_metrics = _evaluate(eval_step, state, dataset.test, eval_per_device)
                 writer.write(step, "test", test_metrics)
-            if step % ckpt_every == 0 or step == total_steps or stop:
+            if at_checkpoint:
                 checkpoints.save(step, state)
             if stop:
                 if is_main:
