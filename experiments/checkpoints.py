@@ -103,10 +103,6 @@ class Checkpoints:
                     f"model or optimizer wrote it). Use a new --workdir, or the config that wrote it."
                 )
 
-    @property
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def close(self) -> None:
         self.manager.close()
 
