@@ -1,12 +1,13 @@
-"""Image-classification data held in device memory, one shard per device.
+"""Image-classification data held in device memory, one shard per replica (see ``steps.py``).
 
-Datasets of the CIFAR / Fashion-MNIST size fit in memory many times over, so each device keeps its shard of
-the training split as uint8 and draws its batches there, inside the jitted step: no host work per step, and
-the data order is a pure function of (seed, step, device), which makes resumption exact.
+Datasets of the CIFAR / Fashion-MNIST size fit in memory many times over, so each device keeps its replicas'
+shards of the training split as uint8 and draws the batches there, inside the jitted step: no host work per
+step, and the data order is a pure function of (seed, step, replica), which makes resumption exact.
 
-Device ``d`` of ``D`` owns examples ``[d * (N // D), (d + 1) * (N // D))`` of the split (the last
-``N mod D`` training examples are unused; test examples are never dropped: the test split is padded and
-masked). A process loads only the slice that its own devices own.
+Replica ``d`` of ``D`` (device-major: device ``i`` holds replicas ``i*r`` to ``i*r + r - 1``) owns examples
+``[d * (N // D), (d + 1) * (N // D))`` of the split (the last ``N mod D`` training examples are unused; test
+examples are never dropped: the test split is padded and masked). A process loads only the slice that its own
+devices own.
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ class DatasetUnavailableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ShardedSplit:
-    """One split, on device: ``images (D, per_device, H, W, C) uint8``, ``labels``/``mask (D, per_device)``."""
+    """One split, on device: ``images (D, per_replica, H, W, C) uint8``, ``labels``/``mask (D, per_replica)``.
+
+    ``D`` is the number of replicas (devices × replicas per device); axis 0 is sharded over the devices.
+    """
 
     images: jax.Array
     labels: jax.Array
     mask: jax.Array  # 1 for a real example, 0 for padding
-    num_examples: int  # real examples across all devices
+    num_examples: int  # real examples across all replicas
 
     @property
-    def per_device(self) -> int:
+    def per_replica(self) -> int:
         return self.images.shape[1]
 
 
@@ -49,15 +53,15 @@ class Dataset:
     image_shape: tuple[int, int, int]
 
 
-def _device_ranges(num_examples: int, num_devices: int, pad: bool) -> list[tuple[int, int]]:
+def _shard_ranges(num_examples: int, num_shards: int, pad: bool) -> list[tuple[int, int]]:
     if pad:  # every example is used: shards of ceil(N / D), the last ones shorter (then padded)
-        size = -(-num_examples // num_devices)
+        size = -(-num_examples // num_shards)
         return [
             (min(d * size, num_examples), min((d + 1) * size, num_examples))
-            for d in range(num_devices)
+            for d in range(num_shards)
         ]
-    size = num_examples // num_devices
-    return [(d * size, (d + 1) * size) for d in range(num_devices)]
+    size = num_examples // num_shards
+    return [(d * size, (d + 1) * size) for d in range(num_shards)]
 
 
 def _local_device_slice(mesh: Mesh) -> tuple[int, int]:
@@ -158,8 +162,9 @@ def _place(
     local_ranges: list[tuple[int, int]],
     pad_to: int,
     num_examples: int,
+    num_shards: int,
 ) -> ShardedSplit:
-    """Stacks this process's device shards (each padded to ``pad_to``) into global device arrays.
+    """Stacks this process's replica shards (each padded to ``pad_to``) into global device arrays.
 
     ``images``/``labels`` hold examples ``local_ranges[0][0]`` to ``local_ranges[-1][1]`` of the split.
     """
@@ -179,7 +184,7 @@ def _place(
     def global_array(local: list[np.ndarray]) -> jax.Array:
         stacked = np.stack(local)
         return jax.make_array_from_process_local_data(
-            sharding, stacked, (mesh.devices.size, *stacked.shape[1:])
+            sharding, stacked, (num_shards, *stacked.shape[1:])
         )
 
     return ShardedSplit(
@@ -198,6 +203,7 @@ def load(
     synthetic_shape: tuple[int, int, int] = (32, 32, 3),
     synthetic_examples: tuple[int, int] = (2048, 512),
     test_pad_multiple: int = 1,
+    replicas_per_device: int = 1,
 ) -> Dataset:
     """Loads ``name`` (a TFDS image-classification dataset, or ``'synthetic'``) into device memory.
 
@@ -208,14 +214,15 @@ def load(
       download: whether to download and prepare a dataset that is not prepared yet.
       synthetic_shape: image shape of the synthetic dataset.
       synthetic_examples: (train, test) sizes of the synthetic dataset.
-      test_pad_multiple: each device's test shard is padded to a multiple of this (its eval batch).
+      test_pad_multiple: each replica's test shard is padded to a multiple of this (its eval batch).
+      replicas_per_device: shards per device (one per replica).
 
     Raises:
       ValueError: an unknown dataset name.
       DatasetUnavailableError: not prepared and not downloadable; the message says what to place where.
     """
-    num_devices = mesh.devices.size
-    lo, hi = _local_device_slice(mesh)
+    num_shards = mesh.devices.size * replicas_per_device
+    lo, hi = (i * replicas_per_device for i in _local_device_slice(mesh))
     splits = {}
     if name == SYNTHETIC:
         num_classes, image_shape = 10, synthetic_shape
@@ -242,10 +249,10 @@ def load(
             sizes[split] = len(whole[1])
         else:
             sizes[split] = builder.info.splits[split].num_examples
-        ranges = _device_ranges(sizes[split], num_devices, pad=split == "test")
+        ranges = _shard_ranges(sizes[split], num_shards, pad=split == "test")
         if ranges[0][1] - ranges[0][0] == 0:
             raise ValueError(
-                f"the {split} split of {name!r} has fewer examples than there are devices"
+                f"the {split} split of {name!r} has fewer examples than there are replicas"
             )
         start, stop = ranges[lo][0], ranges[hi - 1][1]
         if whole is not None:
@@ -256,5 +263,5 @@ def load(
         pad_to = ranges[0][1] - ranges[0][0]
         if split == "test":  # whole evaluation batches, the padding masked out
             pad_to = -(-pad_to // test_pad_multiple) * test_pad_multiple
-        splits[split] = _place(mesh, images, labels, ranges[lo:hi], pad_to, used)
+        splits[split] = _place(mesh, images, labels, ranges[lo:hi], pad_to, used, num_shards)
     return Dataset(splits["train"], splits["test"], num_classes, image_shape)

@@ -3,22 +3,20 @@
     python -m experiments.microbatch run --workdir runs/microbatch          # resumable; skips finished cells
     python -m experiments.microbatch report --workdir runs/microbatch      # table + plots
 
-``run`` trains every cell with ``python -m experiments.train`` in a subprocess (a cell's own device count and
-a clean JAX per run). On a CPU machine it emulates ``--devices`` devices (default 8) with fake CPU devices;
-on TPUs/GPUs pass ``--devices=0`` to use the real ones. An interrupted sweep resumes where it stopped: finished
-cells are skipped and an interrupted cell resumes from its last checkpoint.
+``run`` trains every cell with ``python -m experiments.train`` in a subprocess (a clean JAX per run). Each
+cell has ``--replicas`` (default 8) of the paper's "devices", each with its own micro-batch and batch
+statistics, spread over the real devices: on one CPU or GPU all 8 are vmapped replicas on that device
+(``replicas_per_device=8``), on a TPU v3-8 one per core. An interrupted sweep resumes where it stopped:
+finished cells are skipped and an interrupted cell resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import subprocess
 import sys
-
-from experiments.cpu_devices import fake_cpu_env
 
 # name -> (conv, norm). "none" (plain convs, no normalization) is the floor.
 NORMALIZATIONS = {
@@ -45,10 +43,11 @@ class Cell:
         slug = self.normalization.lower().replace("+", "_")
         return f"{slug}_b{self.per_device_batch}_s{self.seed}"
 
-    def overrides(self, devices: int, train_examples: int) -> list[str]:
+    def overrides(self, replicas: int, train_examples: int, devices: int = 1) -> list[str]:
         conv, norm = NORMALIZATIONS[self.normalization]
-        global_batch = devices * self.per_device_batch
+        global_batch = replicas * self.per_device_batch
         return [
+            f"--config.replicas_per_device={replicas // devices}",
             f"--config.conv={conv}",
             f"--config.norm={norm}",
             f"--config.global_batch_size={global_batch}",
@@ -68,23 +67,27 @@ def is_finished(workdir: pathlib.Path) -> bool:
 
 
 def run_cell(
-    cell: Cell, sweep_dir: pathlib.Path, devices: int, train_examples: int, extra: list[str]
+    cell: Cell,
+    sweep_dir: pathlib.Path,
+    replicas: int,
+    devices: int,
+    train_examples: int,
+    extra: list[str],
 ) -> None:
     workdir = sweep_dir / cell.name
-    env = fake_cpu_env(devices) if devices else dict(os.environ)
     command = [
         sys.executable,
         "-m",
         "experiments.train",
         f"--config={CONFIG}",
         f"--workdir={workdir}",
-        *cell.overrides(devices or _real_device_count(), train_examples),
+        *cell.overrides(replicas, train_examples, devices),
         *extra,
     ]
     log = (sweep_dir / "logs").joinpath(f"{cell.name}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
-        result = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise RuntimeError(f"cell {cell.name} failed (exit {result.returncode}); see {log}")
 
@@ -95,9 +98,14 @@ def _real_device_count() -> int:
     return jax.device_count()
 
 
-def run(sweep_dir, devices, seeds, normalizations, batches, train_examples, extra) -> None:
+def run(sweep_dir, replicas, seeds, normalizations, batches, train_examples, extra) -> None:
     from tqdm.auto import tqdm
 
+    devices = _real_device_count()
+    if replicas < 1 or replicas % devices:
+        raise SystemExit(
+            f"error: --replicas={replicas} must be a positive multiple of the {devices} devices here."
+        )
     sweep_dir = pathlib.Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     cells = grid(normalizations, batches, seeds)
@@ -105,7 +113,7 @@ def run(sweep_dir, devices, seeds, normalizations, batches, train_examples, extr
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished", file=sys.stderr)
     for cell in (bar := tqdm(todo, desc="cells", unit="cell")):
         bar.set_postfix_str(cell.name)
-        run_cell(cell, sweep_dir, devices, train_examples, extra)
+        run_cell(cell, sweep_dir, replicas, devices, train_examples, extra)
 
 
 def main(argv: list[str]) -> None:
@@ -119,7 +127,7 @@ def main(argv: list[str]) -> None:
     if argv[1] == "run":
         run(
             FLAGS.workdir,
-            FLAGS.devices,
+            FLAGS.replicas,
             [int(s) for s in FLAGS.seeds],
             FLAGS.normalizations,
             [int(b) for b in FLAGS.per_device_batches],
@@ -139,14 +147,17 @@ if __name__ == "__main__":
         "workdir", None, "Sweep directory: one sub-directory per cell.", required=True
     )
     flags.DEFINE_integer(
-        "devices", 8, "Fake CPU devices per cell; 0 uses the real devices (TPU/GPU)."
+        "replicas",
+        8,
+        "The paper's devices per cell (each its own micro-batch and statistics), spread evenly over the "
+        "real devices.",
     )
     flags.DEFINE_list("seeds", ["0", "1"], "Seeds.")
     flags.DEFINE_list("normalizations", list(NORMALIZATIONS), f"Subset of {list(NORMALIZATIONS)}.")
     flags.DEFINE_list(
         "per_device_batches", [str(b) for b in PER_DEVICE_BATCHES], "Per-device batch sizes."
     )
-    flags.DEFINE_integer("train_examples", 60_000, "Examples seen by every cell.")
+    flags.DEFINE_integer("train_examples", 20_000, "Examples seen by every cell.")
     flags.DEFINE_multi_string("extra", [], "Further --config.FIELD=VALUE for every cell.")
     flags.DEFINE_string("out", "experiments/results/microbatch", "Report folder.")
     app.run(main)

@@ -29,11 +29,13 @@ def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
         if "final_test_accuracy" not in info:
             continue  # unfinished
         records = read_metrics(run)
+        # The paper's "devices": real devices × vmapped replicas on each.
+        replicas = info["device_count"] * config.get("replicas_per_device", 1)
         cells.append(
             {
                 "normalization": NAME_BY_SETTING[(config["conv"], config["norm"])],
-                "per_device_batch": config["global_batch_size"] // info["device_count"],
-                "devices": info["device_count"],
+                "per_device_batch": config["global_batch_size"] // replicas,
+                "replicas": replicas,
                 "seed": config["seed"],
                 "accuracy": info["final_test_accuracy"],
                 "steps": info["final_step"],
@@ -70,7 +72,7 @@ def markdown_table(cells: list[dict]) -> str:
     first = cells[0]
     lines = [
         f"Test accuracy (%), mean ± std over seeds (n per cell in brackets); {first['dataset']}, model "
-        f"{first['model']}, {first['devices']} devices with per-device batch statistics, "
+        f"{first['model']}, {first['replicas']} devices (replicas) with their own batch statistics, "
         f"{first['examples']:,} training examples per cell, commit(s) {', '.join(sorted({c['commit'][:12] for c in cells}))}.",
         "",
         "| normalization | " + " | ".join(f"{b}/device" for b in batches) + " |",
@@ -111,7 +113,7 @@ def plot_accuracy(cells: list[dict], path: pathlib.Path) -> None:
     )
     ax.set_xlabel("images per device (batch statistics per device)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Micro-batch training: {cells[0]['dataset']}, {cells[0]['devices']} devices")
+    ax.set_title(f"Micro-batch training: {cells[0]['dataset']}, {cells[0]['replicas']} devices")
     ax.grid(alpha=0.3)
     ax.legend(title="normalization", fontsize=8)
     fig.tight_layout()

@@ -1,9 +1,17 @@
-"""The per-device train and eval steps, mapped over every device with ``jax.shard_map`` inside ``jax.jit``.
+"""The per-replica train and eval steps: ``jax.vmap`` over a device's replicas, ``jax.shard_map`` over devices.
 
-Each device draws its own batch from its in-memory shard (see ``data.py``), so the data order is a pure
-function of ``(rng, step, device)``. Gradients are averaged over devices with ``lax.pmean``; batch-norm
-statistics are per device (the paper's micro-batch setting) unless the model was built with
-``axis_name=AXIS``; the running averages are averaged after every step so every device keeps the same.
+A *replica* is what the paper calls a device: it holds a micro-batch, computes its own batch statistics and
+its own gradient. Normally there is one replica per device; ``replicas_per_device = r > 1`` runs r replicas on
+each device with ``jax.vmap`` (the same maths as r more devices: per-replica statistics, gradients averaged
+over all replicas). That emulates the paper's many-device setting on one CPU or GPU. (Emulating it with fake
+XLA:CPU devices instead deadlocks in XLA:CPU's in-process all-reduce after some hundred steps; see
+``cpu_devices.py``.)
+
+Each replica draws its own batch from its in-memory shard (see ``data.py``), so the data order is a pure
+function of ``(rng, step, replica)``. Gradients are averaged over replicas (a mean over the vmapped axis, then
+``lax.pmean`` over devices); batch-norm statistics are per replica unless the model was built with
+``axis_name=AXIS`` (one replica per device only); the running averages are averaged after every step so every
+replica keeps the same.
 """
 
 from __future__ import annotations
@@ -42,50 +50,58 @@ class TrainState(train_state.TrainState):
 class StepConfig:
     """What the traced steps need to know, fixed for a run."""
 
-    per_device_batch: int
+    per_replica_batch: int
     steps_per_epoch: int
     crop_padding: int
     flip: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    replicas_per_device: int = 1
 
     @classmethod
     def from_config(
-        cls, config: ml_collections.ConfigDict, per_device_batch: int, steps_per_epoch: int
+        cls, config: ml_collections.ConfigDict, per_replica_batch: int, steps_per_epoch: int
     ):
         return cls(
-            per_device_batch,
+            per_replica_batch,
             steps_per_epoch,
             config.crop_padding,
             config.horizontal_flip,
             tuple(config.normalize_mean),
             tuple(config.normalize_std),
+            config.replicas_per_device,
         )
 
 
-def batch_indices(rng: jax.Array, step: jax.Array, shard_len: int, cfg: StepConfig) -> jax.Array:
-    """This device's example indices at ``step``: a fresh permutation of its shard every epoch."""
+def batch_indices(
+    rng: jax.Array, step: jax.Array, shard_len: int, cfg: StepConfig, replica: jax.Array
+) -> jax.Array:
+    """Replica ``replica``'s example indices at ``step``: a fresh permutation of its shard every epoch."""
     epoch, position = step // cfg.steps_per_epoch, step % cfg.steps_per_epoch
-    device = lax.axis_index(AXIS)
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(rng, 0), epoch), device)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(rng, 0), epoch), replica)
     permutation = jax.random.permutation(key, shard_len)
     return lax.dynamic_slice(
-        permutation, (position * cfg.per_device_batch,), (cfg.per_device_batch,)
+        permutation, (position * cfg.per_replica_batch,), (cfg.per_replica_batch,)
     )
+
+
+def replica_ids(replicas_per_device: int) -> jax.Array:
+    """Global indices of this device's replicas (inside ``shard_map``): device-major."""
+    return lax.axis_index(AXIS) * replicas_per_device + jnp.arange(replicas_per_device)
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _per_device_train_step(
-    state: TrainState, images: jax.Array, labels: jax.Array, cfg: StepConfig
+def _replica_gradient(
+    state: TrainState, params, images: jax.Array, labels: jax.Array, replica: jax.Array, cfg
 ):
-    images, labels = images[0], labels[0]  # this device's block of the (devices, ...) arrays
-    indices = batch_indices(state.rng, state.step, images.shape[0], cfg)
+    """One replica's step up to its gradient: draw its batch, augment, loss, backward. No averaging."""
+    indices = batch_indices(state.rng, state.step, images.shape[0], cfg, replica)
     batch_images, batch_labels = images[indices], labels[indices]
     aug_key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step), lax.axis_index(AXIS)
+        jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step), replica
     )
     x = augment.normalize(
         augment.augment(aug_key, batch_images, cfg.crop_padding, cfg.flip), cfg.mean, cfg.std
@@ -103,49 +119,68 @@ def _per_device_train_step(
             updates.get("batch_stats", {}),
         )
 
-    # Differentiate this device's loss with respect to a device-varying copy of the parameters, so that
-    # the gradient is this device's own (for replicated parameters shard_map's autodiff would sum it over
-    # devices); then average it over devices, as pmap-era data parallelism does.
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch_labels).astype(jnp.float32))
+    return grads, batch_stats, {"loss": loss, "accuracy": accuracy}
+
+
+def _mean_over_replicas(tree):
+    """Mean over this device's replicas (the vmapped leading axis), then over devices: the global mean."""
+    return lax.pmean(jax.tree.map(lambda a: jnp.mean(a, axis=0), tree), AXIS)
+
+
+def _per_device_train_step(
+    state: TrainState, images: jax.Array, labels: jax.Array, cfg: StepConfig
+):
+    # images (r, shard, H, W, C): this device's replicas' shards.
+    # Differentiate with respect to a device-varying copy of the parameters, so that each gradient is the
+    # replica's own (for replicated parameters shard_map's autodiff would sum it over devices); then
+    # average over all replicas, as pmap-era data parallelism does.
     local_params = lax.pcast(state.params, AXIS, to="varying")
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
-    grads = lax.pmean(grads, AXIS)
-    # Without axis_name each device updated its running statistics from its own micro-batch; averaging
+    per_replica = jax.vmap(
+        functools.partial(_replica_gradient, cfg=cfg), in_axes=(None, None, 0, 0, 0)
+    )
+    grads, batch_stats, metrics = per_replica(
+        state, local_params, images, labels, replica_ids(cfg.replicas_per_device)
+    )
+    # Without axis_name each replica updated its running statistics from its own micro-batch; averaging
     # them keeps one model. (With axis_name they are already equal and this is a no-op.)
-    batch_stats = lax.pmean(batch_stats, AXIS)
+    grads, batch_stats, metrics = _mean_over_replicas((grads, batch_stats, metrics))
     # optax mixes its int32 step count with floats (Adam's bias correction): allow that promotion here,
     # whatever the caller's (our tests run everything else under 'strict').
     with jax.numpy_dtype_promotion("standard"):
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = {
-        "loss": lax.pmean(loss, AXIS),
-        "accuracy": lax.pmean(
-            jnp.mean((jnp.argmax(logits, -1) == batch_labels).astype(jnp.float32)), AXIS
-        ),
-        "grad_norm": optax.tree.norm(grads),
+    metrics.update(
+        grad_norm=optax.tree.norm(grads),
         # Checked on the host before any checkpoint: non-finite parameters are never saved.
-        "param_norm": optax.tree.norm(new_state.params),
-    }
+        param_norm=optax.tree.norm(new_state.params),
+    )
     return new_state, metrics
 
 
-def _per_device_eval_step(
-    state: TrainState, images, labels, mask, batch_index, per_device_batch: int, cfg
-):
-    images, labels, mask = images[0], labels[0], mask[0]
-    start = batch_index * per_device_batch
-    take = lambda a: lax.dynamic_slice_in_dim(a, start, per_device_batch)
+def _replica_eval_sums(state: TrainState, images, labels, mask, batch_index, batch: int, cfg):
+    start = batch_index * batch
+    take = lambda a: lax.dynamic_slice_in_dim(a, start, batch)
     x = augment.normalize(take(images), cfg.mean, cfg.std)
     logits = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats}, x, train=False
     )
     batch_labels, batch_mask = take(labels), take(mask)
     correct = (jnp.argmax(logits, -1) == batch_labels).astype(jnp.float32)
-    sums = {
+    return {
         "loss": jnp.sum(_cross_entropy(logits, batch_labels) * batch_mask),
         "correct": jnp.sum(correct * batch_mask),
         "count": jnp.sum(batch_mask),
     }
-    return lax.psum(sums, AXIS)
+
+
+def _per_device_eval_step(state, images, labels, mask, batch_index, batch: int, cfg):
+    per_replica = jax.vmap(
+        functools.partial(_replica_eval_sums, batch=batch, cfg=cfg),
+        in_axes=(None, 0, 0, 0, None),
+    )
+    sums = per_replica(state, images, labels, mask, batch_index)
+    return lax.psum(jax.tree.map(lambda a: jnp.sum(a, axis=0), sums), AXIS)
 
 
 def make_train_step(
@@ -161,10 +196,10 @@ def make_train_step(
     return jax.jit(mapped, donate_argnums=0)
 
 
-def make_eval_step(mesh: Mesh, cfg: StepConfig, per_device_batch: int) -> Callable[..., dict]:
+def make_eval_step(mesh: Mesh, cfg: StepConfig, per_replica_batch: int) -> Callable[..., dict]:
     """``eval_step(state, images, labels, mask, batch_index) -> sums`` of loss, correct and count."""
     mapped = jax.shard_map(
-        functools.partial(_per_device_eval_step, per_device_batch=per_device_batch, cfg=cfg),
+        functools.partial(_per_device_eval_step, batch=per_replica_batch, cfg=cfg),
         mesh=mesh,
         in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P()),
         out_specs=P(),

@@ -62,11 +62,21 @@ class _Preemption:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Clear errors for settings that cannot work, before any data is loaded."""
-    if config.global_batch_size <= 0 or config.global_batch_size % num_devices:
+    r = config.replicas_per_device
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"replicas_per_device must be a positive integer, got {r!r}.")
+    if r > 1 and config.sync_batch_stats:
         raise ValueError(
-            f"global_batch_size={config.global_batch_size} does not divide evenly over {num_devices} "
-            f"devices; use a multiple of {num_devices} (e.g. --config.global_batch_size="
-            f"{max(1, round(config.global_batch_size / num_devices)) * num_devices})."
+            "sync_batch_stats=True needs replicas_per_device=1: batch statistics are synced over devices, "
+            "and replicas on one device are meant to keep their own (the micro-batch setting)."
+        )
+    replicas = num_devices * r
+    where = f"{num_devices} devices" + (f" × {r} replicas" if r > 1 else "")
+    if config.global_batch_size <= 0 or config.global_batch_size % replicas:
+        raise ValueError(
+            f"global_batch_size={config.global_batch_size} does not divide evenly over {where}; "
+            f"use a multiple of {replicas} (e.g. --config.global_batch_size="
+            f"{max(1, round(config.global_batch_size / replicas)) * replicas})."
         )
     if config.eval_batch_size <= 0:
         raise ValueError(f"eval_batch_size must be positive, got {config.eval_batch_size}.")
@@ -77,10 +87,10 @@ def _every(value: int, steps_per_epoch: int) -> int:
 
 
 def _evaluate(
-    eval_step, state, split: data.ShardedSplit, per_device_batch: int
+    eval_step, state, split: data.ShardedSplit, per_replica_batch: int
 ) -> dict[str, float]:
     totals = None
-    for i in range(split.per_device // per_device_batch):
+    for i in range(split.per_replica // per_replica_batch):
         sums = eval_step(state, split.images, split.labels, split.mask, jnp.int32(i))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -121,15 +131,22 @@ def _train(
 ) -> dict[str, Any]:
     is_main = jax.process_index() == 0
     mesh = Mesh(np.array(jax.devices()), (steps.AXIS,))
-    per_device_batch = config.global_batch_size // num_devices
-    eval_per_device = max(1, -(-config.eval_batch_size // num_devices))
+    num_replicas = num_devices * config.replicas_per_device
+    per_replica_batch = config.global_batch_size // num_replicas
+    eval_per_replica = max(1, -(-config.eval_batch_size // num_replicas))
     dataset = data.load(
-        config.dataset, mesh, config.data_dir, config.download, test_pad_multiple=eval_per_device
+        config.dataset,
+        mesh,
+        config.data_dir,
+        config.download,
+        test_pad_multiple=eval_per_replica,
+        replicas_per_device=config.replicas_per_device,
     )
-    steps_per_epoch = dataset.train.per_device // per_device_batch
+    steps_per_epoch = dataset.train.per_replica // per_replica_batch
     if steps_per_epoch == 0:
         raise ValueError(
-            f"each device holds {dataset.train.per_device} training examples, fewer than its batch of {per_device_batch}."
+            f"each replica holds {dataset.train.per_replica} training examples, fewer than its batch of "
+            f"{per_replica_batch}."
         )
     total_steps = (
         config.num_train_steps
@@ -162,9 +179,9 @@ def _train(
         (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2))
     run_started = time.perf_counter()
 
-    step_cfg = steps.StepConfig.from_config(config, per_device_batch, steps_per_epoch)
+    step_cfg = steps.StepConfig.from_config(config, per_replica_batch, steps_per_epoch)
     train_step = steps.make_train_step(mesh, step_cfg)
-    eval_step = steps.make_eval_step(mesh, step_cfg, eval_per_device)
+    eval_step = steps.make_eval_step(mesh, step_cfg, eval_per_replica)
     writer = MetricsWriter(workdir, start_step)
     log_every = max(1, config.log_every_steps)
     eval_every = _every(config.eval_every_steps, steps_per_epoch)
@@ -212,7 +229,7 @@ def _train(
                     )
                 window_start, window_first_step = time.perf_counter(), step
             if at_eval:
-                test_metrics = _evaluate(eval_step, state, dataset.test, eval_per_device)
+                test_metrics = _evaluate(eval_step, state, dataset.test, eval_per_replica)
                 writer.write(step, "test", test_metrics)
             if at_checkpoint:
                 checkpoints.save(step, state)
@@ -224,7 +241,7 @@ def _train(
                     )
                 return {"step": step, "preempted": True}
         if test_metrics is None:  # resumed at the very end
-            test_metrics = _evaluate(eval_step, state, dataset.test, eval_per_device)
+            test_metrics = _evaluate(eval_step, state, dataset.test, eval_per_replica)
     finally:
         if progress is not None:
             progress.close()

@@ -19,9 +19,10 @@ def test_grid_overrides_keep_examples_seen_constant():
     for cell in cells:
         args = dict(
             a.removeprefix("--config.").split("=")
-            for a in cell.overrides(devices=8, train_examples=640)
+            for a in cell.overrides(replicas=8, train_examples=640)
         )
         steps[cell.per_device_batch] = int(args["num_train_steps"]) * int(args["global_batch_size"])
+        assert args["replicas_per_device"] == "8"  # one device here: all 8 replicas on it
     assert steps == {1: 640, 4: 640}
     assert (
         dict(a.split("=") for a in microbatch.Cell("BCN+WS", 2, 0).overrides(8, 64))[
@@ -34,7 +35,7 @@ def test_grid_overrides_keep_examples_seen_constant():
 def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
     sweep = tmp_path / "sweep"
     command = [
-        sys.executable, "-m", "experiments.microbatch", "run", f"--workdir={sweep}", "--devices=2", "--seeds=0,1",
+        sys.executable, "-m", "experiments.microbatch", "run", f"--workdir={sweep}", "--replicas=2", "--seeds=0,1",
         "--normalizations=BN,BCN+WS", "--per_device_batches=1,4", "--train_examples=64",
         "--extra=--config.dataset=synthetic", "--extra=--config.model=vgg_tiny", "--extra=--config.num_groups=4",
         "--extra=--config.eval_batch_size=128",
@@ -52,4 +53,4 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
         assert (out / name).stat().st_size > 10_000
     cells = json.loads((out / "cells.json").read_text())
     assert {c["examples"] for c in cells} == {64}
-    assert {c["devices"] for c in cells} == {2}
+    assert {c["replicas"] for c in cells} == {2}

@@ -32,7 +32,7 @@ def test_evaluation_covers_the_whole_test_split():
     dataset = data.load("synthetic", mesh, synthetic_examples=(64, 509), test_pad_multiple=8)
     assert dataset.test.num_examples == 509
     assert float(np.asarray(dataset.test.mask).sum()) == 509
-    assert dataset.test.per_device % 8 == 0
+    assert dataset.test.per_replica % 8 == 0
     labels, mask = np.asarray(dataset.test.labels), np.asarray(dataset.test.mask)
     _, synthetic_labels = data._synthetic("test", 10, (32, 32, 3), 509)
     np.testing.assert_array_equal(

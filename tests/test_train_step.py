@@ -13,7 +13,9 @@ from wsjax.models import VGG, norm_layer
 GLOBAL_BATCH = 16
 
 
-def _setup(num_devices: int, norm: str, synced: bool):
+def _setup(
+    num_devices: int, norm: str, synced: bool, replicas: int = 1, batches_per_shard: int = 1
+):
     mesh = Mesh(np.array(jax.devices()[:num_devices]), (steps.AXIS,))
     model = VGG(
         stages=((8,), (16,)),
@@ -21,23 +23,36 @@ def _setup(num_devices: int, norm: str, synced: bool):
     )
     state = steps.create_train_state(model, optax.sgd(0.1), (8, 8, 3), seed=0)
     state = jax.device_put(state, NamedSharding(mesh, P()))
-    # One batch's worth of examples, spread over the devices: each device's shard is its whole batch, so
-    # the step sees the same 16 examples whatever the device count (the order within a device is
-    # irrelevant to the mean loss, its gradient and the batch statistics).
+    # One batch's worth of examples per step, spread over the replicas: with one batch per shard each
+    # replica's shard is its whole batch, so the step sees the same 16 examples whatever the device count
+    # (the order within a replica is irrelevant to the mean loss, its gradient and the batch statistics).
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (GLOBAL_BATCH, 8, 8, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)
-    per_device = GLOBAL_BATCH // num_devices
+    n = GLOBAL_BATCH * batches_per_shard
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    shards = num_devices * replicas
+    per_replica = GLOBAL_BATCH // shards
     sharding = NamedSharding(mesh, P(steps.AXIS))
-    images = jax.device_put(images.reshape(num_devices, per_device, 8, 8, 3), sharding)
-    labels = jax.device_put(labels.reshape(num_devices, per_device), sharding)
-    cfg = steps.StepConfig(per_device, 1, crop_padding=0, flip=False, mean=(0.5,), std=(0.5,))
+    images = jax.device_put(images.reshape(shards, n // shards, 8, 8, 3), sharding)
+    labels = jax.device_put(labels.reshape(shards, n // shards), sharding)
+    cfg = steps.StepConfig(
+        per_replica,
+        batches_per_shard,
+        crop_padding=0,
+        flip=False,
+        mean=(0.5,),
+        std=(0.5,),
+        replicas_per_device=replicas,
+    )
     return steps.make_train_step(mesh, cfg), state, images, labels
 
 
-def _step(num_devices, norm, synced):
-    train_step, state, images, labels = _setup(num_devices, norm, synced)
-    state, metrics = train_step(state, images, labels)
+def _step(num_devices, norm, synced, replicas=1, num_steps=1, batches_per_shard=1):
+    train_step, state, images, labels = _setup(
+        num_devices, norm, synced, replicas, batches_per_shard
+    )
+    for _ in range(num_steps):
+        state, metrics = train_step(state, images, labels)
     return jax.device_get((state.params, state.batch_stats, metrics))
 
 
@@ -75,3 +90,28 @@ def test_eight_devices_per_device_statistics_differ(norm):
         if "mean" in jax.tree_util.keystr(k)
     ]
     np.testing.assert_allclose(mean8[0], mean1[0], rtol=1e-4, atol=1e-5)  # first layer: same input
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "bcn"])
+@pytest.mark.parametrize("devices, replicas", [(1, 8), (2, 4)])
+def test_replicas_on_fewer_devices_equal_one_replica_per_device(norm, devices, replicas):
+    """r vmapped replicas per device are the same maths as r times more devices: per-replica statistics,
+    the same examples per replica (3 steps over shards of 2 batches: the data order must match too), and
+    the gradient averaged over all replicas."""
+    params8, stats8, metrics8 = _step(8, norm, False, num_steps=3, batches_per_shard=2)
+    params_r, stats_r, metrics_r = _step(
+        devices, norm, False, replicas=replicas, num_steps=3, batches_per_shard=2
+    )
+    for a, b in zip(jax.tree.leaves(params_r), jax.tree.leaves(params8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(stats_r), jax.tree.leaves(stats8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(metrics_r["loss"], metrics8["loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics_r["accuracy"], metrics8["accuracy"])
+
+
+def test_replicas_keep_their_own_statistics():
+    """8 replicas of 2 images on one device differ from one replica of 16 (per-replica statistics)."""
+    _, _, metrics_r = _step(1, "bn", False, replicas=8)
+    _, _, metrics_1 = _step(1, "bn", False, replicas=1)
+    assert not np.allclose(metrics_r["loss"], metrics_1["loss"], rtol=1e-4)

@@ -116,7 +116,9 @@ def input_pipeline(setup: Setup, per_device_batch: int, step_images_per_s: float
 
     def draw(step, images, labels):
         def per_device(images, labels):
-            indices = steps.batch_indices(state.rng, step, images.shape[1], cfg)
+            indices = steps.batch_indices(
+                state.rng, step, images.shape[1], cfg, steps.replica_ids(1)[0]
+            )
             key = jax.random.fold_in(state.rng, step)
             batch = augment.augment(key, images[0][indices], cfg.crop_padding, cfg.flip)
             return augment.normalize(batch, cfg.mean, cfg.std)[None], labels[0][indices][None]

@@ -32,14 +32,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_groups = 32  # groups of gn and of BCN's channel norm
     config.bn_momentum = 0.9  # Flax sense (PyTorch's 0.1)
     config.sync_batch_stats = (
-        False  # False: batch statistics per device (micro-batch); True: global batch
+        False  # False: batch statistics per replica (micro-batch); True: global batch
     )
     config.dtype = (
         "float32"  # computation dtype: float32 | bfloat16 (parameters and statistics stay fp32)
     )
 
     # Optimization.
-    config.global_batch_size = 64  # split evenly over all devices of all hosts
+    config.global_batch_size = 64  # split evenly over all replicas of all devices of all hosts
+    # Replicas per device (vmapped): > 1 emulates more devices, each with its own micro-batch, statistics and
+    # gradient (averaged over all replicas), e.g. the paper's 8 devices × 1 image on one CPU or GPU.
+    config.replicas_per_device = 1
     config.num_epochs = 10
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.optimizer = "adam"  # adam | adamw | sgd (Nesterov)
