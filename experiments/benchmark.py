@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark                      # VGG16, per-device batch 2 and 64
     python -m experiments.benchmark --tiny               # seconds: checks the harness (CI), not speed
+    python -m experiments.benchmark --torch_python=.venv-torch/bin/python   # + the PyTorch reference
 
 Compilation is excluded, every timing waits for the device (``block_until_ready``), and each figure is the
 median of several repeats with its min-max. Prints a table and writes JSON with the machine, the device, the
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
+import subprocess
 import sys
 
 import jax
@@ -31,6 +34,7 @@ def run(
     repeats: int,
     calls: int,
     out_dir: pathlib.Path,
+    torch_python: str | None = None,
 ):
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))  # one device: the paper's per-GPU view
     setup = cases.Setup(
@@ -55,6 +59,8 @@ def run(
         setup, large, results["throughput"][0]["images_per_s"]
     )
     results["inference"] = cases.inference(setup, large)
+    if torch_python:
+        results["torch_reference"] = torch_reference(torch_python, batches, setup, results)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = results["machine"]["device_kind"].replace(" ", "_")
@@ -63,6 +69,27 @@ def run(
     print(format_table(results))
     print(f"\nwritten to {path}", file=sys.stderr)
     return results, path
+
+
+def torch_reference(python: str, batches: list[int], setup: cases.Setup, results: dict) -> dict:
+    """labml-nn's PyTorch VGG16 WS+BCN step on this machine (a subprocess), and our step time over its."""
+    if setup.model != "vgg16":
+        raise SystemExit("error: the PyTorch reference is VGG16; drop --tiny to compare with it.")
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    command = [python, "-m", "experiments.bench.torch_reference", f"--batches={','.join(map(str, batches))}",
+               f"--repeats={setup.repeats}", f"--calls={setup.calls}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"error: the PyTorch reference failed (needs torch and labml-nn in {python}):\n"
+            + done.stderr[-2000:]
+        )
+    reference = json.loads(done.stdout.strip().splitlines()[-1])
+    ours = {o["per_device_batch"]: o["ws_step_s"] for o in results["ws_overhead"]}
+    for r in reference["results"]:
+        r["jax_over_torch"] = ours[r["batch"]] / r["ws"]["step_time_s"]["median"]
+    return reference
 
 
 def _range(t: dict) -> str:
@@ -101,6 +128,12 @@ def format_table(r: dict) -> str:
         f"| inference, batch {i['batch']}: folded / WS | {i['speedup']:.3f}x faster ({_range(i['folded_s'])} vs "
         f"{_range(i['ws_s'])}; outputs differ by {i['max_abs_output_difference']:.1e}) |"
     )
+    for t in r.get("torch_reference", {}).get("results", []):
+        lines.append(
+            f"| PyTorch reference (labml-nn, torch {r['torch_reference']['torch']}), batch {t['batch']}: "
+            f"ours / theirs, WS+BCN step | {t['jax_over_torch']:.2f}x ({_range(t['ws']['step_time_s'])} theirs; "
+            f"their WS overhead {t['ws_overhead']:.2f}x) |"
+        )
     return "\n".join(lines)
 
 
@@ -115,6 +148,7 @@ def main(argv: list[str]) -> None:
         FLAGS.repeats,
         FLAGS.calls,
         pathlib.Path(FLAGS.out),
+        FLAGS.torch_python,
     )
 
 
@@ -128,4 +162,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported with min-max.")
     flags.DEFINE_integer("calls", 3, "Calls averaged within one repeat.")
     flags.DEFINE_string("out", str(RESULTS), "Folder for the JSON results.")
+    flags.DEFINE_string(
+        "torch_python",
+        None,
+        "A Python with torch and labml-nn (e.g. .venv-torch/bin/python): also time the PyTorch reference.",
+    )
     app.run(main)

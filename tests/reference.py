@@ -61,3 +61,28 @@ def channel_norm(x, groups, scale, bias, eps=1e-5):
     y = (g - mean) / np.sqrt(var + eps)
     y = y * np.asarray(scale)[None, None, :, None] + np.asarray(bias)[None, None, :, None]
     return y.reshape(x.shape)
+
+
+def conv_channels_last(x, w, padding):
+    """Cross-correlation, stride 1: ``y[n, p, o] = Σ_{q, c} x_pad[n, p + q, c] w[q, c, o]`` (float64).
+
+    ``x (N, *spatial, C)``, ``w (*kernel, C, O)``, ``padding`` one (low, high) pair per spatial axis (negative
+    crops). Written from the definition, one output position at a time.
+    """
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    spatial = x.ndim - 2
+    pads = [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in padding] + [(0, 0)]
+    crop = tuple(
+        slice(max(-lo, 0), x.shape[1 + d] + max(lo, 0) + max(hi, 0) - max(-hi, 0))
+        for d, (lo, hi) in enumerate(padding)
+    )
+    xp = np.pad(x, pads)[(slice(None), *crop)]
+    kernel = w.shape[:spatial]
+    out_shape = [xp.shape[1 + d] - kernel[d] + 1 for d in range(spatial)]
+    y = np.zeros((x.shape[0], *out_shape, w.shape[-1]))
+    for p in np.ndindex(*out_shape):
+        window = xp[(slice(None), *(slice(i, i + k) for i, k in zip(p, kernel, strict=True)))]
+        y[(slice(None), *p)] = np.tensordot(
+            window, w, axes=(list(range(1, spatial + 2)), list(range(spatial + 1)))
+        )
+    return y

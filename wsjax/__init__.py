@@ -8,6 +8,7 @@ Standardization", arXiv 1903.10520. Linen modules here; NNX mirrors in ``wsjax.n
 from wsjax.folding import fold_weight_standardization
 from wsjax.layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
 from wsjax.normalization import BatchChannelNorm, ChannelNorm, EstimatedBatchNorm
+from wsjax.small_map_conv import conv_general_dilated
 from wsjax.standardization import PRESETS, StandardizeOptions, scaled_standardize, standardize
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __all__ = [
     "WSConv",
     "WSConvTranspose",
     "WSDense",
+    "conv_general_dilated",
     "fold_weight_standardization",
     "scaled_standardize",
     "standardize",
