@@ -79,7 +79,10 @@ def torch_reference(python: str, batches: list[int], setup: cases.Setup, results
     command = [python, "-m", "experiments.bench.torch_reference", f"--batches={','.join(map(str, batches))}",
                f"--repeats={setup.repeats}", f"--calls={setup.calls}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    try:
+        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot run --torch_python={python}: {e}") from e
     if done.returncode != 0:
         raise SystemExit(
             f"error: the PyTorch reference failed (needs torch and labml-nn in {python}):\n"

@@ -6,10 +6,11 @@ import os
 
 # XLA:CPU aborts a collective whose device threads do not all arrive within 40 s. On a loaded 2-core machine
 # emulating 8 devices that happens (seen here: "Termination timeout for all reduce ... of 40 seconds"),
-# so allow ten minutes. Seen too, in long runs (thousands of steps): an all-reduce whose 8 threads never all
-# arrive, even after 600 s, once beside a busy test suite under `nice` and once on an idle machine. That is
-# a hang, not slowness: the micro-batch sweep cannot yet rely on 8 fake devices for long runs (see
-# experiments/microbatch.py); the short multi-device tests have not shown it.
+# so allow ten minutes. Long runs (hundreds to thousands of steps) on 8 fake devices also deadlock outright,
+# idle machine or not, with or without --xla_cpu_multi_thread_eigen=false: gdb shows 7 of the 8 device
+# threads of XLA's intra-op pool blocked in InProcessCommunicator::AllReduce waiting for the 8th, which never
+# gets scheduled (jaxlib 0.10.2). Short test runs have not shown it; long emulations use vmapped replicas
+# instead (``config.replicas_per_device``, see experiments/steps.py), which need no collectives.
 PATIENT_COLLECTIVES = "--xla_cpu_collective_call_terminate_timeout_seconds=600 --xla_cpu_collective_timeout_seconds=600"
 
 

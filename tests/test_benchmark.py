@@ -26,3 +26,34 @@ def test_tiny_benchmark_writes_every_section(tmp_path):
     assert saved["input_pipeline"]["headroom"] > 0
     assert saved["inference"]["max_abs_output_difference"] < 1e-4
     assert "WS overhead, batch 2" in benchmark.format_table(results)
+
+
+def _vgg16_setup():
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from experiments import steps
+    from experiments.bench import cases
+
+    mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
+    return cases.Setup("vgg16", (32, 32, 3), repeats=1, calls=1, mesh=mesh)
+
+
+def test_torch_reference_errors_are_one_line():
+    with pytest.raises(SystemExit, match="cannot run --torch_python=/nonexistent/python"):
+        benchmark.torch_reference("/nonexistent/python", [2], _vgg16_setup(), {})
+    tiny = _vgg16_setup().__class__("vgg_tiny", (32, 32, 3), 1, 1, _vgg16_setup().mesh)
+    with pytest.raises(SystemExit, match="drop --tiny"):
+        benchmark.torch_reference("python", [2], tiny, {})
+
+
+def test_torch_reference_is_the_same_network_as_ours():
+    """Where torch and labml-nn are installed (not in CI): labml-nn's WS+BCN VGG16 has our VGG16's size."""
+    pytest.importorskip("torch")
+    pytest.importorskip("labml_nn")
+    from experiments.bench import torch_reference
+
+    result = torch_reference.run([2], repeats=1, calls=1)["results"][0]
+    assert result["ws"]["parameters"] == result["plain"]["parameters"] == 14_729_098
+    assert result["ws_overhead"] > 0
