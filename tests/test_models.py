@@ -99,3 +99,18 @@ def test_import_wsjax_does_not_import_tensorflow():
 def test_public_api():
     for name in wsjax.__all__:
         assert hasattr(wsjax, name)
+
+
+def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient():
+    from wsjax.models.vgg import max_pool_2x2
+
+    x = jax.random.normal(
+        jax.random.PRNGKey(3), (2, 8, 6, 5)
+    )  # no ties: the gradients must agree exactly
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+    np.testing.assert_array_equal(
+        jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x))))(x),
+        jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2)))))(x),
+    )
+    tied = jnp.zeros((1, 2, 2, 1))  # a tie: the gradient is shared equally
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(max_pool_2x2(x)))(tied), 0.25)

@@ -29,6 +29,18 @@ def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
     return jnp.pad(x, pads + [(0, 0)]) if any(p != (0, 0) for p in pads) else x
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2×2 max-pool with stride 2 on ``(N, H, W, C)`` with even sides: ``y[n,i,j,c] = max x[n,2i:2i+2,2j:2j+2,c]``.
+
+    Written as a reshape and a max rather than ``nn.max_pool``: the same outputs, but a gradient that XLA:CPU
+    computes 8× faster than ``reduce_window``'s select-and-scatter (66 ms vs 8 ms at 64×32×32×64 here). The
+    gradient of a window whose maximum is tied goes in equal shares to the tied entries (``jnp.max``'s rule)
+    instead of to one of them; after a ReLU the usual tie is at 0, where the ReLU passes no gradient anyway.
+    """
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class VGG(nn.Module):
     """VGG for small images. Inputs ``(N, H, W, C)`` of any channel count; sides not a multiple of
     ``2 ** len(stages)`` are zero-padded up to one, so 28×28 Fashion-MNIST enters as 32×32."""
@@ -58,7 +70,7 @@ class VGG(nn.Module):
                         use_running_average=not train, dtype=self.dtype, name=f"norm{s}_{i}"
                     )(x)
                 x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(
             jnp.float32
