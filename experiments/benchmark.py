@@ -59,6 +59,7 @@ def run(
         setup, large, results["throughput"][0]["images_per_s"]
     )
     results["inference"] = cases.inference(setup, large)
+    results["small_map_conv"] = cases.small_map_conv(setup, large)
     if torch_python:
         results["torch_reference"] = torch_reference(torch_python, batches, setup, results)
 
@@ -130,6 +131,11 @@ def format_table(r: dict) -> str:
     lines.append(
         f"| inference, batch {i['batch']}: folded / WS | {i['speedup']:.3f}x faster ({_range(i['folded_s'])} vs "
         f"{_range(i['ws_s'])}; outputs differ by {i['max_abs_output_difference']:.1e}) |"
+    )
+    c = r["small_map_conv"]
+    lines.append(
+        f"| train step, batch {c['per_device_batch']}: lax convs / wsjax.conv_general_dilated | {c['speedup']:.2f}x "
+        f"faster with ours ({_range(c['auto_step_s'])} vs {_range(c['xla_step_s'])}) |"
     )
     for t in r.get("torch_reference", {}).get("results", []):
         lines.append(

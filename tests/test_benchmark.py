@@ -25,6 +25,7 @@ def test_tiny_benchmark_writes_every_section(tmp_path):
     assert saved["throughput"][0]["mfu"] is None  # no peak for a CPU
     assert saved["input_pipeline"]["headroom"] > 0
     assert saved["inference"]["max_abs_output_difference"] < 1e-4
+    assert saved["small_map_conv"]["speedup"] > 0
     assert "WS overhead, batch 2" in benchmark.format_table(results)
 
 

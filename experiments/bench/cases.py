@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -106,6 +105,18 @@ def ws_overhead(setup: Setup, per_device_batch: int) -> dict[str, Any]:
     }
 
 
+def small_map_conv(setup: Setup, per_device_batch: int) -> dict[str, Any]:
+    """The WS+BCN step with wsjax.conv_general_dilated (conv_impl='auto') vs lax's convolution everywhere."""
+    auto = time_train_step(setup, per_device_batch, conv="ws", norm="bcn", conv_impl="auto")
+    xla = time_train_step(setup, per_device_batch, conv="ws", norm="bcn", conv_impl="xla")
+    return {
+        "per_device_batch": per_device_batch,
+        "auto_step_s": auto["step_time_s"],
+        "xla_step_s": xla["step_time_s"],
+        "speedup": xla["step_time_s"]["median"] / auto["step_time_s"]["median"],
+    }
+
+
 def input_pipeline(setup: Setup, per_device_batch: int, step_images_per_s: float) -> dict[str, Any]:
     """Images/s that drawing, augmenting and normalizing batches from device memory delivers, alone."""
     config = _config(setup)
@@ -152,7 +163,7 @@ def inference(setup: Setup, batch: int) -> dict[str, Any]:
     x = jax.random.normal(jax.random.key(0), (batch, *setup.image_shape))
     variables = model.init(jax.random.key(1), x[:1], train=False)
     folded = wsjax.fold_weight_standardization(model, variables, x[:1], train=False)
-    plain = model.clone(conv=nn.Conv)
+    plain = model_factory.build_model(_config(setup, conv="plain", norm="bcn"), 10, None)
     ws_apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     plain_apply = jax.jit(lambda v, x: plain.apply(v, x, train=False))
     max_diff = float(jnp.max(jnp.abs(ws_apply(variables, x) - plain_apply(folded, x))))
