@@ -178,3 +178,25 @@ def test_jit_does_not_recompile():
     f(_kernel((3, 3, 4, 8), seed=0))
     f(_kernel((3, 3, 4, 8), seed=1))
     assert f._cache_size() == 1
+
+
+def test_one_pass_statistics_survive_a_mean_far_larger_than_the_spread():
+    """mean/std = 3,000: E[w²] - E[w]² in float32 would lose the variance entirely; the shifted pass does not."""
+    w = _kernel((3, 3, 32, 4), offset=1000.0)
+    want = reference.standardize(w, 1e-5, 1)
+    np.testing.assert_allclose(wsjax.standardize(w), want, rtol=1e-3, atol=1e-3)
+
+
+def test_gradient_ignores_the_shift():
+    """The statistics' shift is stop-gradient'ed: the gradient must still be that of the exact formula."""
+    w = _kernel((3, 3, 4, 3), offset=0.7)
+    g = jax.random.normal(jax.random.key(9), w.shape)
+
+    def exact(w):  # the two-pass formula, written out
+        centered = w - jnp.mean(w, axis=(0, 1, 2), keepdims=True)
+        var = jnp.sum(jnp.square(centered), axis=(0, 1, 2), keepdims=True) / (w[..., 0].size - 1)
+        return centered * jax.lax.rsqrt(var + 1e-5)
+
+    got = jax.grad(lambda w: jnp.sum(wsjax.standardize(w) * g))(w)
+    want = jax.grad(lambda w: jnp.sum(exact(w) * g))(w)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -27,6 +27,7 @@ from typing import TypedDict
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from wsjax.dtypes import stats_dtype
 
@@ -60,13 +61,25 @@ def _check_kernel(w: jax.Array, eps: float, caller: str) -> int:
 
 
 def _centered_and_sum_sq(w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-output-channel ``w - mean`` and ``sum((w - mean)**2)`` in the statistics dtype."""
+    """Per-output-channel ``w - mean`` and ``sum((w - mean)**2)`` in the statistics dtype.
+
+    One pass over the kernel for both sums, shifted for accuracy: with ``d = w - k`` for ``k`` one entry of
+    the channel, ``Σ(w - mean)² = Σd² - (Σd)²/n`` and ``w - mean = d - Σd/n``. The shift keeps ``Σd/n`` of the
+    order of the standard deviation, so the subtraction does not cancel even for kernels with a large mean
+    (the unshifted ``E[w²] - E[w]²`` would). The result does not depend on ``k``, so no gradient flows
+    through it. One pass instead of two matters at small batches, where the kernels' traffic is a good part
+    of a step.
+    """
     w = w.astype(stats_dtype(w.dtype))
     reduce_axes = tuple(range(w.ndim - 1))
-    # Two passes (mean, then squared deviations): exact for kernels with a large mean, and the kernel
-    # is tiny next to the convolution that uses it, so the second pass costs nothing measurable.
-    centered = w - jnp.mean(w, axis=reduce_axes, keepdims=True)
-    return centered, jnp.sum(jnp.square(centered), axis=reduce_axes, keepdims=True)
+    fan_in = math.prod(w.shape[:-1])
+    shift = lax.stop_gradient(w[(slice(0, 1),) * (w.ndim - 1)])  # keepdims: (1, ..., 1, out)
+    d = w - shift
+    sum_d = jnp.sum(d, axis=reduce_axes, keepdims=True)
+    sum_d_sq = jnp.sum(jnp.square(d), axis=reduce_axes, keepdims=True)
+    mean_d = sum_d / fan_in
+    sum_sq = jnp.maximum(sum_d_sq - sum_d * mean_d, 0.0)
+    return d - mean_d, sum_sq
 
 
 def standardize(
