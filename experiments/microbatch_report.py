@@ -113,7 +113,12 @@ def plot_accuracy(cells: list[dict], path: pathlib.Path) -> None:
     )
     ax.set_xlabel("images per device (batch statistics per device)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Micro-batch training: {cells[0]['dataset']}, {cells[0]['replicas']} devices")
+    first = cells[0]
+    ax.set_title(
+        f"Micro-batch training: {first['dataset']}, {first['model']}, {first['replicas']} devices\n"
+        f"{first['examples']:,} training examples per cell (fewer steps at larger batches)",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(title="normalization", fontsize=8)
     fig.tight_layout()
