@@ -152,8 +152,12 @@ if __name__ == "__main__":
         "The paper's devices per cell (each its own micro-batch and statistics), spread evenly over the "
         "real devices.",
     )
-    flags.DEFINE_list("seeds", ["0", "1"], "Seeds.")
-    flags.DEFINE_list("normalizations", list(NORMALIZATIONS), f"Subset of {list(NORMALIZATIONS)}.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+    flags.DEFINE_list(
+        "normalizations",
+        [n for n in NORMALIZATIONS if n != "none"],
+        f"Subset of {list(NORMALIZATIONS)} ('none': plain convs, no normalization, a floor).",
+    )
     flags.DEFINE_list(
         "per_device_batches", [str(b) for b in PER_DEVICE_BATCHES], "Per-device batch sizes."
     )
