@@ -47,6 +47,18 @@ def _error_line(result) -> str:
         ),
         (["--config.model=vgg19"], 1, "unknown model 'vgg19'"),
         (["--config.num_groups=5"], 1, "channels are not divisible into num_groups=5 groups"),
+        (
+            ["--config.replicas_per_device=3", "--config.global_batch_size=16"],
+            2,
+            "global_batch_size=16 does not divide evenly over 2 devices × 3 replicas; use a multiple of 6",
+        ),
+        (["--config.replicas_per_device=0"], 1, "replicas_per_device must be a positive integer"),
+        (
+            ["--config.replicas_per_device=2", "--config.sync_batch_stats=True"],
+            1,
+            "sync_batch_stats=True needs replicas_per_device=1",
+        ),
+        (["--config.conv_impl=cudnn"], 1, "unknown conv_impl 'cudnn'; choose 'auto' or 'xla'"),
     ],
 )
 def test_bad_config(tmp_path, args, devices, expected):
