@@ -46,9 +46,8 @@ def build_model(
         conv = nn.Conv
     else:
         raise ValueError(f"unknown conv {config.conv!r}; choose 'ws' or 'plain'.")
-    if (
-        config.conv_impl == "auto"
-    ):  # XLA:CPU is slow on maps smaller than the kernel: see wsjax.small_map_conv
+    # XLA:CPU is slow on maps smaller than the kernel: see wsjax.small_map_conv.
+    if config.conv_impl == "auto":
         conv = functools.partial(conv, conv_general_dilated=wsjax.conv_general_dilated)
     elif config.conv_impl != "xla":
         raise ValueError(f"unknown conv_impl {config.conv_impl!r}; choose 'auto' or 'xla'.")
