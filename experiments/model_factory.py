@@ -10,6 +10,7 @@ import ml_collections
 
 import wsjax
 from wsjax.models import VGG, VGG16, ResNet18, VGG16Narrow, norm_layer
+from wsjax.output_standardization import APPLY_TO
 
 # Three 3x3 convs of 8-16-32 channels: for tests and smoke runs (use num_groups <= 8).
 VGGTiny = functools.partial(VGG, stages=((8,), (16,), (32,)))
@@ -41,7 +42,13 @@ def build_model(
         raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}.")
     dtype = DTYPES[config.dtype]
     if config.conv == "ws":
-        conv = functools.partial(wsjax.WSConv, **wsjax.PRESETS[config.ws_preset])
+        if config.ws_apply_to not in APPLY_TO:
+            raise ValueError(
+                f"unknown ws_apply_to {config.ws_apply_to!r}; choose one of {', '.join(APPLY_TO)}."
+            )
+        conv = functools.partial(
+            wsjax.WSConv, apply_to=config.ws_apply_to, **wsjax.PRESETS[config.ws_preset]
+        )
     elif config.conv == "plain":
         conv = nn.Conv
     else:

@@ -10,13 +10,29 @@ entries stay exactly zero.
 
 from __future__ import annotations
 
+import contextvars
+import math
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
+from wsjax.output_standardization import (
+    check_apply_to,
+    prefers_output,
+    standardize_output,
+    why_output_does_not_apply,
+    window_sums,
+)
 from wsjax.standardization import scaled_standardize, standardize
+
+# Set while a WSConv that standardizes its output runs nn.Conv's call, whose `param` then returns the raw
+# kernel. A context variable rather than a module attribute: bound Linen modules are frozen.
+_RAW_KERNEL: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "wsjax_raw_kernel", default=False
+)
 
 
 class _StandardizesKernel(nn.Module):
@@ -28,7 +44,9 @@ class _StandardizesKernel(nn.Module):
 
     def param(self, name: str, init_fn: Callable[..., Any], *init_args, **init_kwargs) -> Any:
         value = super().param(name, init_fn, *init_args, **init_kwargs)
-        return self.effective_kernel({"kernel": value}) if name == "kernel" else value
+        if name != "kernel" or _RAW_KERNEL.get():
+            return value
+        return self.effective_kernel({"kernel": value})
 
     def effective_kernel(self, params: dict[str, Any]) -> jax.Array:
         """The kernel this layer convolves with, given its raw parameters."""
@@ -46,7 +64,76 @@ class WSConv(_StandardizesKernel, nn.Conv):
     ``y = conv(x, (w - mean) / sqrt(var + eps)) + b`` with per-output-channel statistics over
     ``kernel_size × in_features // feature_group_count``. ``WSConv(64, (3, 3), **wsjax.PRESETS['bit'])``
     reproduces another implementation's convention.
+
+    ``apply_to`` chooses where the standardization is applied; the maths is the same. A convolution is linear
+    in its kernel, so with ``scale = 1 / sqrt(var + eps)``::
+
+        conv(x, (w - mean) * scale) = (conv(x, w) - mean * conv(x, 1)) * scale
+
+    where ``conv(x, 1)`` sums each window of ``x`` over its ``fan_in`` entries (one channel per group).
+
+    - ``"kernel"`` (default): convolve with the standardized kernel, as the PyTorch reference does.
+    - ``"output"``: convolve with the raw kernel and correct the output. No standardized kernel is written and
+      the gradient needs no pass over one: cheaper when a kernel is larger than the output map (small batches,
+      late layers), dearer otherwise. Rounding: the raw convolution carries an error relative to
+      ``|mean| + std`` of the kernel rather than to ``std``, so a kernel whose channels have a large mean
+      (``|mean| ≫ std``) loses accuracy; float32 or wider only, and no ``mask``.
+    - ``"auto"``: ``"output"`` where that applies and the output has fewer positions per channel
+      (``batch × output pixels``) than the kernel has entries per channel (``fan_in``), else ``"kernel"``.
     """
+
+    apply_to: str = "kernel"  # "kernel", "output" or "auto": see the class docstring
+
+    def __post_init__(self) -> None:
+        check_apply_to(self.apply_to, "WSConv")
+        super().__post_init__()
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if self.apply_to == "kernel":
+            return super().__call__(inputs)
+        why_not = why_output_does_not_apply(
+            (inputs.dtype, self.param_dtype, self.dtype or self.param_dtype), self.mask
+        )
+        if why_not and self.apply_to == "output":
+            raise ValueError(f"WSConv(apply_to='output'): {why_not}; use apply_to='kernel'.")
+        if why_not:
+            return super().__call__(inputs)
+        fan_in = math.prod(self._kernel_size()) * jnp.shape(inputs)[-1] // self.feature_group_count
+        if self.apply_to == "auto" and not prefers_output(
+            jax.eval_shape(self._window_sums, inputs).shape, fan_in
+        ):
+            return super().__call__(inputs)
+        sums = self._window_sums(inputs)
+        token = _RAW_KERNEL.set(True)
+        try:
+            y = super().__call__(inputs)  # conv(x, w) + b with the raw kernel
+        finally:
+            _RAW_KERNEL.reset(token)
+        return standardize_output(
+            y,
+            self.get_variable("params", "kernel"),
+            sums,
+            self.get_variable("params", "bias") if self.use_bias else None,
+            eps=self.eps,
+            unbiased=self.unbiased,
+            eps_outside_sqrt=self.eps_outside_sqrt,
+        )
+
+    def _kernel_size(self) -> tuple[int, ...]:
+        return (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+
+    def _window_sums(self, inputs: jax.Array) -> jax.Array:
+        return window_sums(
+            inputs,
+            self._kernel_size(),
+            self.feature_group_count,
+            self.conv_general_dilated,
+            strides=self.strides,
+            padding=self.padding,
+            input_dilation=self.input_dilation,
+            kernel_dilation=self.kernel_dilation,
+            precision=self.precision,
+        )
 
 
 class WSConvTranspose(_StandardizesKernel, nn.ConvTranspose):

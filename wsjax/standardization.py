@@ -22,6 +22,7 @@ timm      biased (n)            inside the root      1e-6    (timm ``StdConv2d``
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TypedDict
 
@@ -58,6 +59,17 @@ def _check_kernel(w: jax.Array, eps: float, caller: str) -> int:
     if isinstance(eps, (int, float)) and (eps < 0 or math.isnan(eps)):
         raise ValueError(f"{caller}: eps must be >= 0, got {eps}.")
     return math.prod(jnp.shape(w)[:-1])
+
+
+def _check_standardizable(w: jax.Array, eps: float, unbiased: bool, caller: str) -> int:
+    """:func:`_check_kernel`, and enough entries per channel for the unbiased variance."""
+    fan_in = _check_kernel(w, eps, caller)
+    if unbiased and fan_in < 2:
+        raise ValueError(
+            f"{caller}: the unbiased variance needs at least 2 entries per output channel, but a "
+            f"kernel of shape {jnp.shape(w)} has {fan_in}; pass unbiased=False."
+        )
+    return fan_in
 
 
 def _centered_and_sum_sq(w: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -107,12 +119,7 @@ def standardize(
     Raises:
       ValueError: rank < 2, ``eps < 0``, or an unbiased variance over a single entry.
     """
-    fan_in = _check_kernel(w, eps, "standardize")
-    if unbiased and fan_in < 2:
-        raise ValueError(
-            f"standardize: the unbiased variance needs at least 2 entries per output channel, but a "
-            f"kernel of shape {jnp.shape(w)} has {fan_in}; pass unbiased=False."
-        )
+    fan_in = _check_standardizable(w, eps, unbiased, "standardize")
     centered, sum_sq = _centered_and_sum_sq(w)
     var = sum_sq / (fan_in - 1 if unbiased else fan_in)
     if eps_outside_sqrt:
@@ -120,6 +127,68 @@ def standardize(
     else:
         w_hat = centered * jax.lax.rsqrt(var + eps)
     return w_hat.astype(w.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _mean_and_var(w: jax.Array, ddof: int) -> tuple[jax.Array, jax.Array]:
+    """Per-output-channel mean and ``Σ(w - mean)² / (fan_in - ddof)`` from the raw sums ``Σw`` and ``Σw²``.
+
+    Raw sums because XLA:CPU fuses ``Σw²`` into a read-only reduction but writes ``w - mean`` out in full
+    before reducing it, which costs as much as the statistics themselves. The price is cancellation in
+    ``Σw² - fan_in·mean²``: the variance's relative error grows like ``eps·(1 + mean²/var)``, negligible
+    while ``|mean|`` is within some tens of standard deviations (trained kernels; initialisations have
+    ``mean ≈ 0``). :func:`standardize` does not take this path.
+    """
+    reduce_axes = tuple(range(w.ndim - 1))
+    fan_in = math.prod(w.shape[:-1])
+    mean = jnp.sum(w, axis=reduce_axes) / fan_in
+    sum_sq = jnp.sum(jnp.square(w), axis=reduce_axes) - fan_in * jnp.square(mean)
+    return mean, jnp.maximum(sum_sq, 0.0) / (fan_in - ddof)
+
+
+def _mean_and_var_forward(w: jax.Array, ddof: int):
+    mean, var = _mean_and_var(w, ddof)
+    return (mean, var), (w, mean)
+
+
+def _mean_and_var_backward(ddof: int, residuals, cotangents):
+    # d mean / dw = 1 / n and d var / dw = 2 (w - mean) / (n - ddof). Written out so that the backward pass
+    # recomputes w - mean inside one elementwise fusion: left to autodiff, the forward pass would keep
+    # w - mean as a residual, i.e. write a kernel-sized array that costs as much as the statistics.
+    w, mean = residuals
+    d_mean, d_var = cotangents
+    fan_in = math.prod(w.shape[:-1])
+    per_channel = lambda v: v.reshape((1,) * (w.ndim - 1) + (-1,))  # noqa: E731
+    return (
+        per_channel(d_mean / fan_in)
+        + (w - per_channel(mean)) * per_channel(2.0 * d_var / (fan_in - ddof)),
+    )
+
+
+_mean_and_var.defvjp(_mean_and_var_forward, _mean_and_var_backward)
+
+
+def standardization_statistics(
+    w: jax.Array,
+    eps: float = 1e-5,
+    *,
+    unbiased: bool = True,
+    eps_outside_sqrt: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-output-channel ``mean`` and ``scale`` with ``standardize(w) = (w - mean) * scale``.
+
+    ``scale = 1 / sqrt(var + eps)`` (or ``1 / (sqrt(var) + eps)``), both of shape ``(out_features,)`` in the
+    statistics dtype (at least float32). Two reads of the kernel, no kernel-sized output: the mean first, then
+    ``Σ(w - mean)²`` (the exact two-pass variance), each a reduction XLA fuses with its elementwise input.
+    This is what a layer needs to standardize its *output* instead of its kernel (``WSConv(apply_to=...)``).
+
+    Args and Raises: as :func:`standardize`.
+    """
+    _check_standardizable(w, eps, unbiased, "standardization_statistics")
+    mean, var = _mean_and_var(w.astype(stats_dtype(w.dtype)), 1 if unbiased else 0)
+    if eps_outside_sqrt:
+        return mean, 1.0 / (jnp.sqrt(var) + eps)
+    return mean, jax.lax.rsqrt(var + eps)
 
 
 def scaled_standardize(w: jax.Array, gain: jax.Array, eps: float = 1e-4) -> jax.Array:

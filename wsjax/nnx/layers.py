@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,13 @@ import jax
 from flax import nnx
 from flax.nnx.nn import dtypes
 
+from wsjax.output_standardization import (
+    check_apply_to,
+    prefers_output,
+    standardize_output,
+    why_output_does_not_apply,
+    window_sums,
+)
 from wsjax.standardization import scaled_standardize, standardize
 
 KernelTransform = Callable[[jax.Array], jax.Array]
@@ -61,7 +69,10 @@ class _TransformsKernel:
         return self.kernel_transform()(self.kernel[...])
 
     def __call__(self, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-        transform = self.kernel_transform()
+        return self._call_with(self.kernel_transform(), inputs, *args, **kwargs)
+
+    def _call_with(self, transform: KernelTransform, inputs: jax.Array, *args: Any, **kwargs: Any):
+        """The parent's call, computing with ``transform(kernel)`` (then ``mask``)."""
         if self.ws_mask is not None:
             mask = self.ws_mask
             transform = lambda kernel, transform=transform: transform(kernel) * mask  # noqa: E731
@@ -99,8 +110,52 @@ class WSConv(_Standardizes, nnx.Conv):
     """``nnx.Conv`` with Weight Standardization: ``conv(x, (w - mean) / sqrt(var + eps)) + b``.
 
     ``WSConv(in_features, out_features, kernel_size, ..., eps=1e-5, unbiased=True, eps_outside_sqrt=False,
-    rngs=...)``; every other argument is that of ``nnx.Conv``.
+    apply_to='kernel', rngs=...)``; every other argument is that of ``nnx.Conv``. ``apply_to`` ('kernel',
+    'output' or 'auto') is that of the Linen :class:`wsjax.WSConv`: where the standardization is applied.
     """
+
+    def __init__(self, *args: Any, apply_to: str = "kernel", **kwargs: Any):
+        check_apply_to(apply_to, "WSConv")
+        super().__init__(*args, **kwargs)
+        self.apply_to = apply_to
+
+    def __call__(self, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+        if self.apply_to == "kernel":
+            return super().__call__(inputs, *args, **kwargs)
+        why_not = why_output_does_not_apply(
+            (inputs.dtype, self.param_dtype, self.dtype or self.param_dtype), self.ws_mask
+        )
+        if why_not and self.apply_to == "output":
+            raise ValueError(f"WSConv(apply_to='output'): {why_not}; use apply_to='kernel'.")
+        fan_in = math.prod(self.kernel_size) * self.in_features // self.feature_group_count
+        if why_not or (
+            self.apply_to == "auto"
+            and not prefers_output(jax.eval_shape(self._window_sums, inputs).shape, fan_in)
+        ):
+            return super().__call__(inputs, *args, **kwargs)
+        y = self._call_with(lambda kernel: kernel, inputs, *args, **kwargs)  # conv(x, w) + b
+        return standardize_output(
+            y,
+            self.kernel[...],
+            self._window_sums(inputs),
+            self.bias[...] if self.bias is not None else None,
+            eps=self.eps,
+            unbiased=self.unbiased,
+            eps_outside_sqrt=self.eps_outside_sqrt,
+        )
+
+    def _window_sums(self, inputs: jax.Array) -> jax.Array:
+        return window_sums(
+            inputs,
+            self.kernel_size,
+            self.feature_group_count,
+            self.conv_general_dilated,
+            strides=self.strides,
+            padding=self.padding,
+            input_dilation=self.input_dilation,
+            kernel_dilation=self.kernel_dilation,
+            precision=self.precision,
+        )
 
 
 class WSConvTranspose(_Standardizes, nnx.ConvTranspose):

@@ -1,0 +1,124 @@
+"""Weight Standardization applied to a convolution's output instead of its kernel (``WSConv(apply_to=...)``).
+
+A convolution is linear in its kernel, so with per-output-channel ``mean`` and ``scale = 1 / sqrt(var + eps)``
+(see :func:`~wsjax.standardization.standardization_statistics`)::
+
+    conv(x, (w - mean) * scale) = (conv(x, w) - mean * conv(x, 1)) * scale
+
+``conv(x, 1)``, the *window sums*, adds up each receptive field of ``x`` over its ``fan_in`` entries: one
+channel per feature group, computed by the same convolution (padding, strides, dilations) with a ones kernel.
+The right-hand side never writes a standardized kernel, and its gradient needs no pass over one: where a
+kernel is larger than the output map (small batches, late layers) that traffic is most of what WS costs.
+
+Rounding: ``conv(x, w)`` carries an error relative to ``|mean| + std`` of each kernel channel, not to ``std``,
+and the statistics come from raw sums (see ``_mean_and_var``); both stay at float32 level while ``|mean|`` is
+within some tens of standard deviations. Trained WS kernels are far inside that (``|mean| / std`` at most 0.76
+in the README's quick run). Half precision is refused: its 8-11 bits would not survive the subtraction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wsjax.standardization import standardization_statistics
+
+APPLY_TO = ("kernel", "output", "auto")
+
+
+def check_apply_to(apply_to: str, caller: str) -> None:
+    if apply_to not in APPLY_TO:
+        raise ValueError(f"{caller}: apply_to must be one of {APPLY_TO}, got {apply_to!r}.")
+
+
+def why_output_does_not_apply(dtypes: Sequence[Any], mask: jax.Array | None) -> str | None:
+    """Why a layer cannot standardize its output (None when it can): a mask, or half precision."""
+    if mask is not None:
+        return "a mask changes the window sums of every output channel"
+    for dtype in dtypes:
+        if jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4:
+            return (
+                f"it needs float32 or wider, got {jnp.dtype(dtype).name} (the output correction would "
+                f"cancel in half precision)"
+            )
+    return None
+
+
+def window_sums(
+    inputs: jax.Array,
+    kernel_size: Sequence[int],
+    feature_group_count: int,
+    conv_general_dilated: Callable[..., jax.Array] | None,
+    **conv_kwargs: Any,
+) -> jax.Array:
+    """``conv(x, 1)``: each output position's window summed over its ``fan_in`` inputs, one channel per group.
+
+    Args:
+      inputs: the layer's input, channels last, as it passes to ``nn.Conv``.
+      kernel_size: the layer's window.
+      feature_group_count: the layer's groups; group ``g`` sums its own ``in_features // groups`` channels.
+      conv_general_dilated: the layer's convolution function (None: ``lax.conv_general_dilated``).
+      **conv_kwargs: the layer's ``strides``, ``padding``, ``input_dilation``, ``kernel_dilation`` and
+        ``precision``, as ``nn.Conv`` takes them (so every padding mode is handled as the layer handles it).
+
+    Returns:
+      ``(..., *output_spatial, feature_group_count)``.
+    """
+    ones_conv = nn.Conv(
+        features=feature_group_count,
+        kernel_size=tuple(kernel_size),
+        feature_group_count=feature_group_count,
+        use_bias=False,
+        conv_general_dilated=conv_general_dilated,
+        parent=None,  # a pure function of the inputs, not a submodule with parameters
+        **conv_kwargs,
+    )
+    in_per_group = jnp.shape(inputs)[-1] // feature_group_count
+    dtype = inputs.dtype if jnp.issubdtype(inputs.dtype, jnp.floating) else jnp.float32
+    ones = jnp.ones((*kernel_size, in_per_group, feature_group_count), dtype)
+    return ones_conv.apply({"params": {"kernel": ones}}, inputs)
+
+
+def prefers_output(window_sums_shape: Sequence[int], fan_in: int) -> bool:
+    """``apply_to='auto'``'s rule: the output has fewer positions per channel than the kernel has entries.
+
+    Standardizing the kernel costs a few passes over ``fan_in`` entries per channel; correcting the output
+    costs a few passes over ``batch × output pixels`` per channel. Decided at trace time, from shapes.
+    """
+    return math.prod(window_sums_shape[:-1]) < fan_in
+
+
+def standardize_output(
+    conv_output: jax.Array,
+    kernel: jax.Array,
+    sums: jax.Array,
+    bias: jax.Array | None,
+    *,
+    eps: float,
+    unbiased: bool,
+    eps_outside_sqrt: bool,
+) -> jax.Array:
+    """``(conv(x, w) - mean * conv(x, 1)) * scale + b`` from ``conv_output = conv(x, w) + b``.
+
+    Args:
+      conv_output: the raw-kernel convolution, bias included when ``bias`` is given.
+      kernel: the raw kernel ``(..., in_features // groups, out_features)``.
+      sums: :func:`window_sums` of the same input, ``(..., groups)``.
+      bias: the layer's bias, or None.
+      eps, unbiased, eps_outside_sqrt: as :func:`~wsjax.standardization.standardize`.
+    """
+    mean, scale = standardization_statistics(
+        kernel, eps, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt
+    )
+    per_channel = lambda v: v.reshape((1,) * (conv_output.ndim - 1) + (-1,))  # noqa: E731
+    per_group = kernel.shape[-1] // sums.shape[-1]
+    offset = per_channel(mean) * jnp.repeat(sums, per_group, axis=-1)
+    if bias is None:
+        return (conv_output - offset) * per_channel(scale)
+    bias = per_channel(bias)
+    return (conv_output - bias - offset) * per_channel(scale) + bias
