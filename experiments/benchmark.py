@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from experiments import provenance, steps
+from experiments import provenance, steps, xla_cpu
 from experiments.bench import cases
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "benchmarks"
@@ -104,7 +104,7 @@ def format_table(r: dict) -> str:
     m = r["machine"]
     lines = [
         f"{m['device_kind']} x1 ({m['backend']}, {m['cpu_count']} CPU cores), JAX {m['jax']}, Flax {m['flax']}, "
-        f"commit {m['commit'][:12]}, {r['date']}",
+        f"commit {m['commit'][:12]}, {r['date']}, XLA_FLAGS={m.get('xla_flags') or '(none)'}",
         "",
         "| measurement | value |",
         "|---|---|",
@@ -112,7 +112,8 @@ def format_table(r: dict) -> str:
     for o in r["ws_overhead"]:
         lines.append(
             f"| WS overhead, batch {o['per_device_batch']} (WSConv / nn.Conv step) | {o['ratio']:.3f}x "
-            f"({_range(o['ws']['step_time_s'])} vs {_range(o['plain']['step_time_s'])}) |"
+            f"with apply_to='auto', {o['kernel_ratio']:.3f}x with 'kernel' ({_range(o['ws']['step_time_s'])}, "
+            f"{_range(o['ws_kernel']['step_time_s'])} vs {_range(o['plain']['step_time_s'])}) |"
         )
     for t in r["throughput"]:
         mfu = f", MFU {100 * t['mfu']:.1f}%" if t["mfu"] else ""
@@ -151,6 +152,7 @@ def main(argv: list[str]) -> None:
 
     del argv
     FLAGS = flags.FLAGS
+    xla_cpu.use_xla_convolutions_on_cpu()  # before JAX's backend starts
     run(
         FLAGS.tiny,
         [int(b) for b in FLAGS.batches],

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import data, model_factory, optim, provenance, steps
+from experiments import data, model_factory, optim, provenance, steps, xla_cpu
 from experiments.checkpoints import Checkpoints
 from experiments.metrics import MetricsWriter
 from experiments.workdir import WorkdirLock, check_writable
@@ -269,6 +269,7 @@ def main(argv: list[str]) -> None:
 
     del argv
     FLAGS = flags.FLAGS
+    xla_cpu.use_xla_convolutions_on_cpu()  # before JAX's backend starts
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax narrates every save at INFO
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

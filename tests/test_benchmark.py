@@ -18,6 +18,8 @@ def test_tiny_benchmark_writes_every_section(tmp_path):
     assert [o["per_device_batch"] for o in saved["ws_overhead"]] == [2, 4]
     for o in saved["ws_overhead"]:
         assert o["ratio"] > 0 and o["ws"]["conv"] == "ws" and o["plain"]["conv"] == "plain"
+        assert o["ws"]["ws_apply_to"] == "auto" and o["ws_kernel"]["ws_apply_to"] == "kernel"
+        assert o["kernel_ratio"] == o["ws_kernel"]["step_time_s"]["median"] / o["plain_step_s"]
         t = o["ws"]["step_time_s"]
         assert t["min"] <= t["median"] <= t["max"] and t["repeats"] == 2
     assert [t["dtype"] for t in saved["throughput"]] == ["float32", "bfloat16"]

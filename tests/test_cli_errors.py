@@ -59,6 +59,11 @@ def _error_line(result) -> str:
             "sync_batch_stats=True needs replicas_per_device=1",
         ),
         (["--config.conv_impl=cudnn"], 1, "unknown conv_impl 'cudnn'; choose 'auto' or 'xla'"),
+        (
+            ["--config.ws_apply_to=weights"],
+            1,
+            "unknown ws_apply_to 'weights'; choose one of kernel, output, auto",
+        ),
     ],
 )
 def test_bad_config(tmp_path, args, devices, expected):

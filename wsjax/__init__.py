@@ -9,7 +9,13 @@ from wsjax.folding import fold_weight_standardization
 from wsjax.layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
 from wsjax.normalization import BatchChannelNorm, ChannelNorm, EstimatedBatchNorm
 from wsjax.small_map_conv import conv_general_dilated
-from wsjax.standardization import PRESETS, StandardizeOptions, scaled_standardize, standardize
+from wsjax.standardization import (
+    PRESETS,
+    StandardizeOptions,
+    scaled_standardize,
+    standardization_statistics,
+    standardize,
+)
 
 __version__ = "0.1.0"
 
@@ -26,5 +32,6 @@ __all__ = [
     "conv_general_dilated",
     "fold_weight_standardization",
     "scaled_standardize",
+    "standardization_statistics",
     "standardize",
 ]

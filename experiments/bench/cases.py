@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 import wsjax
 from experiments import augment, model_factory, steps
 from experiments.bench.peaks import peak_flops
-from experiments.bench.timing import stepper, time_calls
+from experiments.bench.timing import stepper, time_calls, time_interleaved
 from experiments.configs import default
 
 
@@ -60,15 +60,34 @@ def _train_step(setup: Setup, config: ml_collections.ConfigDict, per_device_batc
     return steps.make_train_step(setup.mesh, cfg), state, images, labels
 
 
-def time_train_step(setup: Setup, per_device_batch: int, **overrides: Any) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class StepCase:
+    """A compiled train step ready to time: its config, a closure running it, and its FLOPs."""
+
+    config: ml_collections.ConfigDict
+    run: Any
+    flops: float | None
+
+
+def _step_case(setup: Setup, per_device_batch: int, **overrides: Any) -> StepCase:
     config = _config(setup, **overrides)
     step, state, images, labels = _train_step(setup, config, per_device_batch)
     flops = _flops(step, state, images, labels)
-    timing = time_calls(stepper(step, state, images, labels), setup.repeats, setup.calls)
+    return StepCase(config, stepper(step, state, images, labels), flops)
+
+
+def time_train_step(setup: Setup, per_device_batch: int, **overrides: Any) -> dict[str, Any]:
+    case = _step_case(setup, per_device_batch, **overrides)
+    timing = time_calls(case.run, setup.repeats, setup.calls)
+    return _step_result(setup, case, per_device_batch, timing)
+
+
+def _step_result(setup: Setup, case: StepCase, per_device_batch: int, timing) -> dict[str, Any]:
+    config, flops = case.config, case.flops
     global_batch = per_device_batch * setup.mesh.devices.size
     result = {
         "per_device_batch": per_device_batch,
-        **{k: config[k] for k in ("model", "conv", "norm", "dtype")},
+        **{k: config[k] for k in ("model", "conv", "ws_apply_to", "norm", "dtype")},
         "step_time_s": timing.as_dict(),
         "images_per_s": global_batch / timing.median,
         "flops_per_step": flops,
@@ -92,16 +111,28 @@ def _flops(step, *args) -> float | None:
 
 
 def ws_overhead(setup: Setup, per_device_batch: int) -> dict[str, Any]:
-    """The same train step with WSConv vs nn.Conv (BCN both), measured back to back."""
-    ws = time_train_step(setup, per_device_batch, conv="ws", norm="bcn")
-    plain = time_train_step(setup, per_device_batch, conv="plain", norm="bcn")
+    """The same train step with WSConv vs nn.Conv (BCN both), timed in turns in one run.
+
+    WSConv twice: ``apply_to='auto'`` (what the experiments use; ``ws``, ``ratio``) and ``'kernel'`` (the
+    PyTorch reference's way and the library default; ``ws_kernel``, ``kernel_ratio``).
+    """
+    cases = {
+        "ws": _step_case(setup, per_device_batch, conv="ws", ws_apply_to="auto", norm="bcn"),
+        "ws_kernel": _step_case(
+            setup, per_device_batch, conv="ws", ws_apply_to="kernel", norm="bcn"
+        ),
+        "plain": _step_case(setup, per_device_batch, conv="plain", norm="bcn"),
+    }
+    timings = time_interleaved({k: c.run for k, c in cases.items()}, setup.repeats, setup.calls)
+    results = {k: _step_result(setup, c, per_device_batch, timings[k]) for k, c in cases.items()}
+    plain = timings["plain"].median
     return {
         "per_device_batch": per_device_batch,
-        "ws_step_s": ws["step_time_s"]["median"],
-        "plain_step_s": plain["step_time_s"]["median"],
-        "ratio": ws["step_time_s"]["median"] / plain["step_time_s"]["median"],
-        "ws": ws,
-        "plain": plain,
+        "ws_step_s": timings["ws"].median,
+        "plain_step_s": plain,
+        "ratio": timings["ws"].median / plain,
+        "kernel_ratio": timings["ws_kernel"].median / plain,
+        **results,
     }
 
 

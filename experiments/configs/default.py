@@ -28,8 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "vgg16"  # vgg16 | vgg16_narrow | resnet18
     config.conv = "ws"  # ws (weight standardization) | plain
     config.ws_preset = "pytorch"  # wsjax.PRESETS key: pytorch | qiao | bit | timm
-    # kernel | output | auto: where WSConv applies the standardization (same maths; see wsjax.WSConv)
-    config.ws_apply_to = "kernel"
+    # kernel | output | auto: where WSConv applies the standardization (same maths; see wsjax.WSConv). auto:
+    # on the output where the kernel outweighs the output map (VGG16's later layers), faster at equal results.
+    config.ws_apply_to = "auto"
     # auto: wsjax.conv_general_dilated (on CPU, maps smaller than the kernel as shifted matmuls: VGG16's last
     # stage runs 30x faster there); xla: lax.conv_general_dilated everywhere.
     config.conv_impl = "auto"
