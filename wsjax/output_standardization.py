@@ -116,8 +116,10 @@ def standardize_output(
         kernel, eps, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt
     )
     per_channel = lambda v: v.reshape((1,) * (conv_output.ndim - 1) + (-1,))  # noqa: E731
-    per_group = kernel.shape[-1] // sums.shape[-1]
-    offset = per_channel(mean) * jnp.repeat(sums, per_group, axis=-1)
+    groups = sums.shape[-1]
+    # One group broadcasts as it is; several are repeated out to their channels.
+    channel_sums = sums if groups == 1 else jnp.repeat(sums, kernel.shape[-1] // groups, axis=-1)
+    offset = per_channel(mean) * channel_sums
     if bias is None:
         return (conv_output - offset) * per_channel(scale)
     bias = per_channel(bias)
