@@ -178,9 +178,10 @@ def standardization_statistics(
     """Per-output-channel ``mean`` and ``scale`` with ``standardize(w) = (w - mean) * scale``.
 
     ``scale = 1 / sqrt(var + eps)`` (or ``1 / (sqrt(var) + eps)``), both of shape ``(out_features,)`` in the
-    statistics dtype (at least float32). Two reads of the kernel, no kernel-sized output: the mean first, then
-    ``Σ(w - mean)²`` (the exact two-pass variance), each a reduction XLA fuses with its elementwise input.
-    This is what a layer needs to standardize its *output* instead of its kernel (``WSConv(apply_to=...)``).
+    statistics dtype (at least float32). Two read-only passes over the kernel (``Σw`` and ``Σw²``) and no
+    kernel-sized output, forward or backward; accurate while ``|mean|`` is within some tens of standard
+    deviations (see ``_mean_and_var``; :func:`standardize` itself has no such limit). This is what a layer
+    needs to standardize its *output* instead of its kernel (``WSConv(apply_to=...)``).
 
     Args and Raises: as :func:`standardize`.
     """
