@@ -135,9 +135,9 @@ def _mean_and_var(w: jax.Array, ddof: int) -> tuple[jax.Array, jax.Array]:
 
     Raw sums because XLA:CPU fuses ``Σw²`` into a read-only reduction but writes ``w - mean`` out in full
     before reducing it, which costs as much as the statistics themselves. The price is cancellation in
-    ``Σw² - fan_in·mean²``: the variance's relative error grows like ``eps·(1 + mean²/var)``, negligible
-    while ``|mean|`` is within some tens of standard deviations (trained kernels; initialisations have
-    ``mean ≈ 0``). :func:`standardize` does not take this path.
+    ``Σw² - fan_in·mean²``: the variance's relative error grows like ``eps·(1 + mean²/var)``, about 1e-5 at
+    ``|mean| = 10 std`` and 2e-4 at 30 in float32 (tested); trained WS kernels stay near ``mean ≈ 0``.
+    :func:`standardize` does not take this path.
     """
     reduce_axes = tuple(range(w.ndim - 1))
     fan_in = math.prod(w.shape[:-1])
@@ -179,8 +179,8 @@ def standardization_statistics(
 
     ``scale = 1 / sqrt(var + eps)`` (or ``1 / (sqrt(var) + eps)``), both of shape ``(out_features,)`` in the
     statistics dtype (at least float32). Two read-only passes over the kernel (``Σw`` and ``Σw²``) and no
-    kernel-sized output, forward or backward; accurate while ``|mean|`` is within some tens of standard
-    deviations (see ``_mean_and_var``; :func:`standardize` itself has no such limit). This is what a layer
+    kernel-sized output, forward or backward; the price is a relative error growing like ``(mean/std)²``
+    float32 epsilons (see ``_mean_and_var``; :func:`standardize` itself has no such limit). This is what a layer
     needs to standardize its *output* instead of its kernel (``WSConv(apply_to=...)``).
 
     Args and Raises: as :func:`standardize`.
