@@ -78,10 +78,17 @@ def window_sums(
         parent=None,  # a pure function of the inputs, not a submodule with parameters
         **conv_kwargs,
     )
-    in_per_group = jnp.shape(inputs)[-1] // feature_group_count
+    # Sum each group's channels first, then sum windows one channel per group (a depthwise convolution): the
+    # same numbers, as padding and dilation act on every channel alike. Its gradient is then a depthwise
+    # convolution plus a broadcast, which XLA:CPU does not merge with the layer's own input-gradient
+    # convolution into one YNNPACK fusion (a full ones-kernel convolution was, and ran ~8× slower on small maps).
     dtype = inputs.dtype if jnp.issubdtype(inputs.dtype, jnp.floating) else jnp.float32
-    ones = jnp.ones((*kernel_size, in_per_group, feature_group_count), dtype)
-    return ones_conv.apply({"params": {"kernel": ones}}, inputs)
+    in_per_group = jnp.shape(inputs)[-1] // feature_group_count
+    grouped = inputs.astype(dtype).reshape(
+        jnp.shape(inputs)[:-1] + (feature_group_count, in_per_group)
+    )
+    ones = jnp.ones((*kernel_size, 1, feature_group_count), dtype)
+    return ones_conv.apply({"params": {"kernel": ones}}, jnp.sum(grouped, axis=-1))
 
 
 def prefers_output(window_sums_shape: Sequence[int], fan_in: int) -> bool:
