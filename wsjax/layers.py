@@ -11,20 +11,17 @@ entries stay exactly zero.
 from __future__ import annotations
 
 import contextvars
-import math
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from wsjax.output_standardization import (
     check_apply_to,
-    prefers_output,
+    layer_window_sums,
     standardize_output,
-    why_output_does_not_apply,
-    window_sums,
+    standardizes_output,
 )
 from wsjax.standardization import scaled_standardize, standardize
 
@@ -89,21 +86,9 @@ class WSConv(_StandardizesKernel, nn.Conv):
         super().__post_init__()
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        if self.apply_to == "kernel":
+        if not standardizes_output(self, inputs, self.mask):
             return super().__call__(inputs)
-        why_not = why_output_does_not_apply(
-            (inputs.dtype, self.param_dtype, self.dtype or self.param_dtype), self.mask
-        )
-        if why_not and self.apply_to == "output":
-            raise ValueError(f"WSConv(apply_to='output'): {why_not}; use apply_to='kernel'.")
-        if why_not:
-            return super().__call__(inputs)
-        fan_in = math.prod(self._kernel_size()) * jnp.shape(inputs)[-1] // self.feature_group_count
-        if self.apply_to == "auto" and not prefers_output(
-            jax.eval_shape(self._window_sums, inputs).shape, fan_in
-        ):
-            return super().__call__(inputs)
-        sums = self._window_sums(inputs)
+        sums = layer_window_sums(self, inputs)
         token = _RAW_KERNEL.set(True)
         try:
             y = super().__call__(inputs)  # conv(x, w) + b with the raw kernel
@@ -117,22 +102,6 @@ class WSConv(_StandardizesKernel, nn.Conv):
             eps=self.eps,
             unbiased=self.unbiased,
             eps_outside_sqrt=self.eps_outside_sqrt,
-        )
-
-    def _kernel_size(self) -> tuple[int, ...]:
-        return (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
-
-    def _window_sums(self, inputs: jax.Array) -> jax.Array:
-        return window_sums(
-            inputs,
-            self._kernel_size(),
-            self.feature_group_count,
-            self.conv_general_dilated,
-            strides=self.strides,
-            padding=self.padding,
-            input_dilation=self.input_dilation,
-            kernel_dilation=self.kernel_dilation,
-            precision=self.precision,
         )
 
 

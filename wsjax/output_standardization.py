@@ -91,6 +91,46 @@ def window_sums(
     return ones_conv.apply({"params": {"kernel": ones}}, jnp.sum(grouped, axis=-1))
 
 
+def layer_window_sums(layer: Any, inputs: jax.Array) -> jax.Array:
+    """:func:`window_sums` for a Linen or NNX convolution layer, from its own attributes (same names in both)."""
+    kernel_size = layer.kernel_size
+    return window_sums(
+        inputs,
+        (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size),
+        layer.feature_group_count,
+        layer.conv_general_dilated,
+        strides=layer.strides,
+        padding=layer.padding,
+        input_dilation=layer.input_dilation,
+        kernel_dilation=layer.kernel_dilation,
+        precision=layer.precision,
+    )
+
+
+def standardizes_output(layer: Any, inputs: jax.Array, mask: jax.Array | None) -> bool:
+    """Whether a WSConv (Linen or NNX) with ``layer.apply_to`` corrects its output on this call.
+
+    ``"kernel"``: never. ``"output"``: always, or a ``ValueError`` naming why it cannot. ``"auto"``: where it
+    can and :func:`prefers_output` says so.
+    """
+    if layer.apply_to == "kernel":
+        return False
+    param_dtype = layer.param_dtype
+    why_not = why_output_does_not_apply(
+        (inputs.dtype, param_dtype, layer.dtype or param_dtype), mask
+    )
+    if why_not and layer.apply_to == "output":
+        raise ValueError(f"WSConv(apply_to='output'): {why_not}; use apply_to='kernel'.")
+    if why_not:
+        return False
+    if layer.apply_to == "output":
+        return True
+    sums_shape = jax.eval_shape(lambda x: layer_window_sums(layer, x), inputs).shape
+    kernel_size = layer.kernel_size
+    window = math.prod((kernel_size,) if isinstance(kernel_size, int) else kernel_size)
+    return prefers_output(sums_shape, window * jnp.shape(inputs)[-1] // layer.feature_group_count)
+
+
 def prefers_output(window_sums_shape: Sequence[int], fan_in: int) -> bool:
     """``apply_to='auto'``'s rule: the output has fewer positions per channel than the kernel has entries.
 

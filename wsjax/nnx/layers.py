@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +18,9 @@ from flax.nnx.nn import dtypes
 
 from wsjax.output_standardization import (
     check_apply_to,
-    prefers_output,
+    layer_window_sums,
     standardize_output,
-    why_output_does_not_apply,
-    window_sums,
+    standardizes_output,
 )
 from wsjax.standardization import scaled_standardize, standardize
 
@@ -120,41 +118,17 @@ class WSConv(_Standardizes, nnx.Conv):
         self.apply_to = apply_to
 
     def __call__(self, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-        if self.apply_to == "kernel":
-            return super().__call__(inputs, *args, **kwargs)
-        why_not = why_output_does_not_apply(
-            (inputs.dtype, self.param_dtype, self.dtype or self.param_dtype), self.ws_mask
-        )
-        if why_not and self.apply_to == "output":
-            raise ValueError(f"WSConv(apply_to='output'): {why_not}; use apply_to='kernel'.")
-        fan_in = math.prod(self.kernel_size) * self.in_features // self.feature_group_count
-        if why_not or (
-            self.apply_to == "auto"
-            and not prefers_output(jax.eval_shape(self._window_sums, inputs).shape, fan_in)
-        ):
+        if not standardizes_output(self, inputs, self.ws_mask):
             return super().__call__(inputs, *args, **kwargs)
         y = self._call_with(lambda kernel: kernel, inputs, *args, **kwargs)  # conv(x, w) + b
         return standardize_output(
             y,
             self.kernel[...],
-            self._window_sums(inputs),
+            layer_window_sums(self, inputs),
             self.bias[...] if self.bias is not None else None,
             eps=self.eps,
             unbiased=self.unbiased,
             eps_outside_sqrt=self.eps_outside_sqrt,
-        )
-
-    def _window_sums(self, inputs: jax.Array) -> jax.Array:
-        return window_sums(
-            inputs,
-            self.kernel_size,
-            self.feature_group_count,
-            self.conv_general_dilated,
-            strides=self.strides,
-            padding=self.padding,
-            input_dilation=self.input_dilation,
-            kernel_dilation=self.kernel_dilation,
-            precision=self.precision,
         )
 
 
