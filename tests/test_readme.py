@@ -1,5 +1,6 @@
-"""The README's API example runs as written."""
+"""The README's API example runs as written; its commands are the ones the scripts and CI run."""
 
+import os
 import re
 
 from tests.helpers import REPO
@@ -15,8 +16,31 @@ def test_readme_api_example_runs():
     assert namespace["w_hat"].shape == (3, 3, 16, 64)
 
 
-def test_readme_names_the_ci_test_command():
-    ci = (REPO / ".ci" / "run").read_text()
+def _two_commands() -> list[str]:
+    section = (REPO / "README.md").read_text().split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_two_commands_are_the_entry_scripts():
+    train, test = _two_commands()
+    assert train.startswith("./train --config ") and test == "./test"
+    config = train.split("--config ", 1)[1].split()[0]
+    assert (REPO / config).is_file(), f"the README trains {config}, which does not exist"
+    for script in ("train", "test", "scripts/in_venv"):
+        assert os.access(REPO / script, os.X_OK), f"{script} is not executable"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    _, test = _two_commands()
+    ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
+    assert test in ci_lines
+    # ./test is pytest -n 2, the command for an environment of one's own that the README also names.
+    assert "python -m pytest -n 2" in (REPO / "test").read_text()
+    assert "python -m pytest -n 2" in (REPO / "README.md").read_text()
+
+
+def test_readme_names_the_docs_build_the_tests_run():
     readme = (REPO / "README.md").read_text()
-    command = "python -m pytest -n 2"
-    assert command in readme and command in ci
+    assert "sphinx-build -W --keep-going -b html docs docs/_build/html" in readme
+    assert "docs/_build/" in (REPO / ".gitignore").read_text().splitlines()
