@@ -56,7 +56,7 @@ def _skip_class_fields(app, what, name, obj, skip, options):
     return None if own_method else True
 
 
-# Values (not classes or functions) in a module's `__all__` that `automodule` leaves out: it documents a
+# Values (not classes, functions or submodules) in a module's `__all__` that `automodule` leaves out: it documents a
 # value only where the module itself assigns it with a doc comment, so re-exports such as `wsjax.PRESETS`
 # would silently be missing. `_add_values` appends an `autodata` for each; their docstrings are their
 # type's (dict's, tuple's, functools.partial's), not about them, and `_drop_borrowed_docstrings` drops those.
@@ -66,10 +66,19 @@ _added_values: set[str] = set()
 def _add_values(app, docname, source):
     for module_name in re.findall(r"^\.\. automodule:: (\S+)$", source[0], re.MULTILINE):
         module = importlib.import_module(module_name)
+        if not hasattr(module, "__all__"):
+            raise RuntimeError(
+                f"{module_name} has no __all__, which decides what its page documents"
+            )
         commented = {name for _, name in ModuleAnalyzer.for_module(module_name).find_attr_docs()}
         for name in module.__all__:
             value = getattr(module, name)
-            if not (inspect.isclass(value) or inspect.isroutine(value) or name in commented):
+            if not (
+                inspect.isclass(value)
+                or inspect.isroutine(value)
+                or inspect.ismodule(value)  # a submodule has a page of its own
+                or name in commented
+            ):
                 _added_values.add(f"{module_name}.{name}")
                 source[0] += f"\n.. autodata:: {module_name}.{name}\n"
 
