@@ -102,7 +102,7 @@ def test_public_api():
 
 
 def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient():
-    from wsjax.models.vgg import max_pool_2x2
+    from wsjax.models import max_pool_2x2
 
     x = jax.random.normal(
         jax.random.PRNGKey(3), (2, 8, 6, 5)

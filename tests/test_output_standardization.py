@@ -17,7 +17,7 @@ import wsjax.nnx as wnnx
 from tests import reference
 from tests.test_layers import CONV_CASES, _conv_kwargs, _replace_kernel
 from tests.test_nnx import _load
-from wsjax.standardization import standardization_statistics
+from wsjax import standardization_statistics
 
 
 def _params(layer, x, offset=0.0, seed=1):

@@ -1,4 +1,4 @@
-"""wsjax.conv_general_dilated: the shifted-matmul path for output maps smaller than the kernel, on CPU."""
+"""wsjax.cpu.conv_general_dilated: the shifted-matmul path for output maps smaller than the kernel, on CPU."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +9,7 @@ from jax import lax
 
 import wsjax
 from tests import reference
-from wsjax.small_map_conv import takes_shifted_matmul_path
+from wsjax.cpu import takes_shifted_matmul_path
 
 # (input shape, kernel shape, padding): every one has an output side smaller than the kernel's.
 SMALL_MAPS = [
@@ -42,7 +42,7 @@ def test_small_maps_equal_the_definition_and_lax(lhs_shape, rhs_shape, padding):
     dn = _dimension_numbers(len(lhs_shape))
     strides = (1,) * (len(lhs_shape) - 2)
     assert takes_shifted_matmul_path(x.shape, w.shape, strides, padding, dimension_numbers=dn)
-    got = wsjax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+    got = wsjax.cpu.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
     np.testing.assert_allclose(
         got, reference.conv_channels_last(x, w, padding), rtol=1e-5, atol=1e-5
     )
@@ -61,7 +61,7 @@ def test_small_map_gradients_equal_lax(lhs_shape, rhs_shape, padding):
     def loss(conv):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (1, 1), padding, dimension_numbers=dn)))
 
-    got = jax.grad(loss(wsjax.conv_general_dilated), (0, 1))(x, w)
+    got = jax.grad(loss(wsjax.cpu.conv_general_dilated), (0, 1))(x, w)
     expected = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
@@ -70,7 +70,7 @@ def test_small_map_gradients_equal_lax(lhs_shape, rhs_shape, padding):
 def test_padding_strings_are_resolved():
     x, w = _operands((2, 2, 2, 3), (3, 3, 3, 4))
     for padding in ("SAME", "SAME_LOWER"):
-        got = wsjax.conv_general_dilated(
+        got = wsjax.cpu.conv_general_dilated(
             x, w, (1, 1), padding, dimension_numbers=_dimension_numbers(4)
         )
         expected = lax.conv_general_dilated(
@@ -82,14 +82,14 @@ def test_padding_strings_are_resolved():
 def test_bfloat16_accumulates_in_float32():
     x, w = _operands((2, 2, 2, 64), (3, 3, 64, 8), jnp.bfloat16)
     dn = _dimension_numbers(4)
-    got = wsjax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    got = wsjax.cpu.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
     assert got.dtype == jnp.bfloat16
     exact = reference.conv_channels_last(
         x.astype(jnp.float32), w.astype(jnp.float32), ((1, 1), (1, 1))
     )
     # One bf16 rounding of an f32-accumulated sum: within half a bf16 ulp (2**-8 relative), plus f32 slack.
     np.testing.assert_allclose(np.asarray(got, np.float32), exact, rtol=2**-8, atol=1e-3)
-    wide = wsjax.conv_general_dilated(
+    wide = wsjax.cpu.conv_general_dilated(
         x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn, preferred_element_type=jnp.float32
     )
     assert wide.dtype == jnp.float32
@@ -116,7 +116,7 @@ def test_other_convolutions_are_lax_unchanged(lhs_shape, rhs_shape, kwargs):
     args.update(kwargs)
     assert not takes_shifted_matmul_path(x.shape, w.shape, **args)
     np.testing.assert_array_equal(
-        wsjax.conv_general_dilated(x, w, **args), lax.conv_general_dilated(x, w, **args)
+        wsjax.cpu.conv_general_dilated(x, w, **args), lax.conv_general_dilated(x, w, **args)
     )
 
 
@@ -141,7 +141,7 @@ def test_flax_convolutions_accept_it(module):
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 2, 16))
     plain = module(8, (3, 3), padding=((1, 1), (1, 1)))
     fast = module(
-        8, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=wsjax.conv_general_dilated
+        8, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=wsjax.cpu.conv_general_dilated
     )
     variables = plain.init(jax.random.PRNGKey(0), x)
     np.testing.assert_allclose(

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from wsjax import norm_math
-from wsjax.dtypes import output_dtype
+from wsjax import _norm_math as norm_math
+from wsjax._dtypes import output_dtype
 
 Initializer = Callable[..., jax.Array]
 

@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wsjax.layers import WSConv
-from wsjax.models.norms import ModuleDef
+from wsjax._layers import WSConv
+from wsjax.models._norms import ModuleDef
 
 
 class BasicBlock(nn.Module):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from wsjax.dtypes import stats_dtype
+from wsjax._dtypes import stats_dtype
 
 
 def batch_moments(

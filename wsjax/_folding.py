@@ -12,7 +12,7 @@ import flax
 import flax.linen as nn
 import jax
 
-from wsjax.layers import is_standardized
+from wsjax._layers import is_standardized
 
 Variables = Any
 

@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wsjax.layers import WSConv
-from wsjax.models.norms import ModuleDef
+from wsjax._layers import WSConv
+from wsjax.models._norms import ModuleDef
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from wsjax import norm_math
-from wsjax.dtypes import output_dtype
+from wsjax import _norm_math as norm_math
+from wsjax._dtypes import output_dtype
 
 
 def _affine_params(

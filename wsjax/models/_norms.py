@@ -8,7 +8,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from wsjax.normalization import BatchChannelNorm
+from wsjax._normalization import BatchChannelNorm
 
 ModuleDef = Callable[..., nn.Module]
 NORMS = ("bn", "gn", "bcn", "none")
