@@ -5,9 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax import lax
 
 import wsjax
+import wsjax.nnx as wnnx
 from tests import reference
 from wsjax.cpu import takes_shifted_matmul_path
 
@@ -139,7 +141,9 @@ def test_channels_first_and_other_backends_take_lax():
 @pytest.mark.parametrize("module", [nn.Conv, wsjax.WSConv])
 def test_flax_convolutions_accept_it(module):
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 2, 16))
-    plain = module(8, (3, 3), padding=((1, 1), (1, 1)))
+    plain = module(
+        8, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=lax.conv_general_dilated
+    )
     fast = module(
         8, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=wsjax.cpu.conv_general_dilated
     )
@@ -147,3 +151,74 @@ def test_flax_convolutions_accept_it(module):
     np.testing.assert_allclose(
         fast.apply(variables, x), plain.apply(variables, x), rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: wsjax.WSConv(8, (3, 3)),
+        lambda: wsjax.ScaledWSConv(8, (3, 3)),
+        lambda: wnnx.WSConv(4, 8, (3, 3), rngs=nnx.Rngs(0)),
+        lambda: wnnx.ScaledWSConv(4, 8, (3, 3), rngs=nnx.Rngs(0)),
+    ],
+)
+def test_it_is_what_a_library_user_gets(make):
+    assert make().conv_general_dilated is wsjax.cpu.conv_general_dilated
+
+
+def test_on_another_platform_it_is_plain_lax(monkeypatch):
+    """The decision is made per platform at trace time: off the CPU, the program is lax's, op for op."""
+    x, w = _operands((2, 2, 2, 8), (3, 3, 8, 5))  # a small map: shifted matmuls on CPU
+    args = ((1, 1), ((1, 1), (1, 1)))
+    dn = _dimension_numbers(4)
+    ours = lambda x, w: wsjax.cpu.conv_general_dilated(x, w, *args, dimension_numbers=dn)  # noqa: E731
+    theirs = lambda x, w: lax.conv_general_dilated(x, w, *args, dimension_numbers=dn)  # noqa: E731
+    # A new function per trace: JAX caches traces by function, and the platform is read while tracing.
+    primitives = lambda f: [e.primitive.name for e in jax.make_jaxpr(lambda *a: f(*a))(x, w).eqns]  # noqa: E731
+    assert "dot_general" in primitives(ours)  # here, on CPU
+    for platform in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda platform=platform: platform)
+        assert primitives(ours) == primitives(theirs) == ["conv_general_dilated"]
+
+
+def test_layer_default_values_and_gradients_match_lax():
+    """VGG16's last stage in small: the default (shifted matmuls here) against lax, forward and backward."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 2, 16))
+    default = wsjax.WSConv(8, (3, 3), padding=((1, 1), (1, 1)))
+    plain_lax = default.clone(conv_general_dilated=lax.conv_general_dilated)
+    variables = default.init(jax.random.PRNGKey(0), x)
+
+    def loss(layer):
+        return lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x)))
+
+    np.testing.assert_allclose(
+        default.apply(variables, x), plain_lax.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+    got = jax.grad(loss(default), (0, 1))(variables, x)
+    want = jax.grad(loss(plain_lax), (0, 1))(variables, x)
+    # The kernel's gradient through WS removes its mean and scale components: float32 rounding of the
+    # convolution (another summation order) shows relative to the largest entry, not to each.
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(np.abs(e).max()))
+
+
+def test_nnx_passes_out_sharding_through():
+    x, w = _operands((2, 2, 2, 8), (3, 3, 8, 5))
+    dn = _dimension_numbers(4)
+    np.testing.assert_array_equal(
+        wsjax.cpu.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=dn, out_sharding=None
+        ),
+        wsjax.cpu.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn),
+    )
+
+
+def test_the_old_top_level_name_is_a_deprecated_alias():
+    assert "conv_general_dilated" not in wsjax.__all__
+    with pytest.warns(DeprecationWarning, match=r"wsjax\.cpu\.conv_general_dilated"):
+        old = wsjax.conv_general_dilated
+    assert old is wsjax.cpu.conv_general_dilated
+    with pytest.warns(DeprecationWarning):
+        from wsjax import conv_general_dilated  # noqa: F401
+    with pytest.raises(AttributeError, match="no attribute 'conv_general_dilate'"):
+        wsjax.conv_general_dilate  # noqa: B018

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+__all__ = ["conv_general_dilated", "takes_shifted_matmul_path"]
+
 
 def _channels_last_specs(ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``lax.ConvDimensionNumbers`` specs of NH..WC inputs/outputs and H..WIO kernels."""
