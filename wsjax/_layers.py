@@ -68,6 +68,17 @@ class _StandardizesKernel(nn.Module):
         super().__post_init__()
 
     def param(self, name: str, init_fn: Callable[..., Any], *init_args, **init_kwargs) -> Any:
+        """``nn.Module.param``, but the ``kernel`` comes back standardized (the parent computes with it).
+
+        Args:
+          name: the parameter's name.
+          init_fn: its initializer.
+          *init_args: the initializer's arguments.
+          **init_kwargs: the initializer's keyword arguments.
+
+        Returns:
+          The stored value; for ``kernel``, :meth:`effective_kernel` of it.
+        """
         value = super().param(name, init_fn, *init_args, **init_kwargs)
         if name != "kernel":
             return value
@@ -246,6 +257,17 @@ class ScaledWSConv(nn.Conv):
     conv_general_dilated: ConvGeneralDilated | None = cpu.conv_general_dilated
 
     def param(self, name: str, init_fn: Callable[..., Any], *init_args, **init_kwargs) -> Any:
+        """``nn.Module.param``; asked for the ``kernel``, creates ``gain`` too and returns :math:`\\hat w`.
+
+        Args:
+          name: the parameter's name.
+          init_fn: its initializer.
+          *init_args: the initializer's arguments.
+          **init_kwargs: the initializer's keyword arguments.
+
+        Returns:
+          The stored value; for ``kernel``, :meth:`effective_kernel` of it and ``gain``.
+        """
         value = super().param(name, init_fn, *init_args, **init_kwargs)
         if name != "kernel":
             return value
