@@ -271,6 +271,11 @@ def test_bad_conventions_are_refused_when_built():
         ValueError, match="unknown standardization 'pytroch'; choose one of pytorch"
     ):
         wsjax.standardize(jnp.ones((3, 3)), "pytroch")
+    for bad in ({"eps": 1e-5}, None, True, jnp.ones(3)):
+        with pytest.raises(TypeError, match="standardization must be a wsjax.Standardization"):
+            wsjax.standardize(jnp.ones((3, 3)), bad)
+    with pytest.raises(TypeError, match="standardization must be"):
+        wsjax.WSConv(6, (3, 3), standardization=None)
 
 
 def test_standardization_is_named_in_the_compiled_program():

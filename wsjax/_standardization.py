@@ -179,6 +179,7 @@ def as_standardization(
 
     Raises:
       ValueError: an unknown preset name.
+      TypeError: anything else than a Standardization, a name or a number.
     """
     if isinstance(value, str):
         if value not in PRESETS:
@@ -188,6 +189,12 @@ def as_standardization(
             )
         value = PRESETS[value]
     elif not isinstance(value, Standardization):
+        number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        if not (number or (isinstance(value, jax.Array) and value.ndim == 0)):
+            raise TypeError(
+                "standardization must be a wsjax.Standardization, a PRESETS name or an eps, got "
+                f"{value!r}."
+            )
         value = Standardization(eps=value)  # the old positional eps (a number, or a traced scalar)
     overrides = dict(eps=eps, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt)
     overrides = {name: v for name, v in overrides.items() if v is not None}
