@@ -145,6 +145,8 @@ class WSConv(_StandardizesKernel, nn.Conv):
         check_apply_to(self.apply_to, "WSConv")
         super().__post_init__()
 
+    # compact: Flax rewinds the scope after each call, so a layer called twice (shared weights) may reserve
+    # its parameter names again, whichever side, or module, reserved them the time before.
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Applies the convolution with the standardized kernel, on the side ``apply_to`` chooses.
