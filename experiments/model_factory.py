@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 
 import wsjax
+from wsjax import APPLY_TO
 from wsjax.models import VGG, VGG16, ResNet18, VGG16Narrow, norm_layer
-from wsjax.output_standardization import APPLY_TO
 
 # Three 3x3 convs of 8-16-32 channels: for tests and smoke runs (use num_groups <= 8).
 VGGTiny = functools.partial(VGG, stages=((8,), (16,), (32,)))

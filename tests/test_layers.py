@@ -37,6 +37,11 @@ CONV_CASES = {
 }
 
 
+def standardized(kernel, s: wsjax.Standardization):
+    """The NumPy reference in the convention ``s``."""
+    return reference.standardize(kernel, s.eps, 1 if s.unbiased else 0, s.eps_outside_sqrt)
+
+
 def _conv_kwargs(case):
     return {k: v for k, v in case.items() if k != "x"}
 
@@ -49,16 +54,11 @@ def _replace_kernel(params, kernel):
 @pytest.mark.parametrize("preset", ["pytorch", "qiao", "bit"])
 def test_ws_conv_equals_conv_with_standardized_kernel(name, preset):
     case = CONV_CASES[name]
-    options = wsjax.PRESETS[preset]
+    s = wsjax.PRESETS[preset]
     x = jax.random.normal(jax.random.key(0), case["x"])
-    ws = wsjax.WSConv(**_conv_kwargs(case), **options)
+    ws = wsjax.WSConv(**_conv_kwargs(case), standardization=s)
     params = ws.init(jax.random.key(1), x)["params"]
-    w_hat = reference.standardize(
-        params["kernel"],
-        options["eps"],
-        1 if options["unbiased"] else 0,
-        options["eps_outside_sqrt"],
-    )
+    w_hat = standardized(params["kernel"], s)
     plain = nn.Conv(**_conv_kwargs(case))
     want = plain.apply({"params": _replace_kernel(params, w_hat)}, x)
     got = jax.jit(ws.apply)({"params": params}, x)
@@ -149,7 +149,7 @@ def test_ws_conv_transpose(kwargs):
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_ws_dense(use_bias):
     x = jax.random.normal(jax.random.key(0), (3, 7, 20))
-    ws = wsjax.WSDense(10, use_bias=use_bias, **wsjax.PRESETS["timm"])
+    ws = wsjax.WSDense(10, use_bias=use_bias, standardization="timm")
     params = ws.init(jax.random.key(1), x)["params"]
     w_hat = reference.standardize(params["kernel"], 1e-6, 0)
     want = nn.Dense(10, use_bias=use_bias).apply({"params": _replace_kernel(params, w_hat)}, x)
@@ -212,6 +212,38 @@ def test_second_jitted_call_does_not_recompile():
 
 def test_errors_surface_from_the_layers():
     with pytest.raises(ValueError, match="eps must be >= 0"):
-        wsjax.WSConv(6, (3, 3), eps=-1.0).init(jax.random.key(0), jnp.ones((1, 5, 5, 2)))
+        wsjax.WSConv(6, (3, 3), eps=-1.0)  # when the layer is built
     with pytest.raises(ValueError, match="unbiased=False"):
         wsjax.WSConv(6, (1, 1)).init(jax.random.key(0), jnp.ones((1, 5, 5, 1)))
+
+
+def test_big_vision_convention_in_a_layer():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    layer = wsjax.WSConv(5, (3, 3), standardization="big_vision")
+    params = layer.init(jax.random.key(1), x)["params"]
+    w_hat = standardized(params["kernel"], wsjax.PRESETS["big_vision"])
+    want = nn.Conv(5, (3, 3)).apply({"params": _replace_kernel(params, w_hat)}, x)
+    np.testing.assert_allclose(layer.apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer_type", [wsjax.WSConv, wsjax.WSConvTranspose, wsjax.WSDense])
+def test_one_field_holds_the_convention_and_the_keyword_form_folds_into_it(layer_type):
+    args = (6,) if layer_type is wsjax.WSDense else (6, (3, 3))
+    bit = wsjax.PRESETS["bit"]
+    for layer in [
+        layer_type(*args, standardization=bit),
+        layer_type(*args, standardization="bit"),
+        layer_type(*args, **bit),  # the keyword form of older code
+        layer_type(*args, eps=1e-10, unbiased=False),
+    ]:
+        assert layer.standardization == bit
+        assert (layer.eps, layer.unbiased, layer.eps_outside_sqrt) == (None, None, None)
+        assert layer.clone().standardization == bit
+        assert hash(layer) == hash(layer_type(*args, standardization=bit))
+    assert layer_type(*args).standardization == wsjax.Standardization()
+    # A keyword overrides the field it names, on top of the convention it comes with.
+    assert layer_type(*args, standardization="bit", eps=1e-8).standardization == (
+        wsjax.Standardization(1e-8, unbiased=False)
+    )
+    with pytest.raises(ValueError, match="unknown standardization 'bti'"):
+        layer_type(*args, standardization="bti")

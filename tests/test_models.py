@@ -1,5 +1,6 @@
 """Model shapes, pinned parameter counts and injected layers."""
 
+import functools
 import subprocess
 import sys
 
@@ -73,6 +74,30 @@ def test_convs_are_injected():
     )
 
 
+def test_models_get_the_cpu_convolution_by_default_with_the_same_parameters():
+    """VGG16's last stage on 32x32 inputs has 2x2 maps: the default takes shifted matmuls there."""
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    model = VGG16Narrow(norm=norm_layer("bcn", num_groups=8))
+    assert model.conv is wsjax.WSConv
+    with_lax = model.clone(
+        conv=functools.partial(wsjax.WSConv, conv_general_dilated=jax.lax.conv_general_dilated)
+    )
+    variables = model.init(jax.random.key(1), x, train=False)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, with_lax.init(jax.random.key(1), x, train=False)
+    )
+
+    def loss(m):
+        return lambda p: jnp.sum(
+            jnp.sin(m.apply({**variables, "params": p}, x, train=True, mutable=["batch_stats"])[0])
+        )
+
+    got, want = (jax.value_and_grad(loss(m))(variables["params"]) for m in (model, with_lax))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+
+
 def test_bf16_model():
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     model = VGG16Narrow(
@@ -102,7 +127,7 @@ def test_public_api():
 
 
 def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient():
-    from wsjax.models.vgg import max_pool_2x2
+    from wsjax.models import max_pool_2x2
 
     x = jax.random.normal(
         jax.random.PRNGKey(3), (2, 8, 6, 5)

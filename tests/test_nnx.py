@@ -35,6 +35,8 @@ def _load(module: nnx.Module, params: dict, batch_stats: dict | None = None) -> 
     nnx.update(module, state)
 
 
+MASK = jnp.ones((3, 3, 4, 6)).at[2].set(0.0)
+
 LAYER_CASES = [
     (
         lambda: wsjax.WSConv(6, (3, 3), strides=2, feature_group_count=2),
@@ -55,8 +57,20 @@ LAYER_CASES = [
         lambda: wnnx.WSConvTranspose(4, 6, (3, 3), strides=2, rngs=nnx.Rngs(0)),
     ),
     (
-        lambda: wsjax.WSDense(5, **wsjax.PRESETS["bit"]),
-        lambda: wnnx.WSDense(4, 5, **wsjax.PRESETS["bit"], rngs=nnx.Rngs(0)),
+        lambda: wsjax.WSDense(5, standardization="bit"),
+        lambda: wnnx.WSDense(4, 5, standardization=wsjax.PRESETS["bit"], rngs=nnx.Rngs(0)),
+    ),
+    (
+        lambda: wsjax.WSConv(6, (3, 3), standardization="big_vision", mask=MASK),
+        lambda: wnnx.WSConv(
+            4, 6, (3, 3), standardization="big_vision", mask=MASK, rngs=nnx.Rngs(0)
+        ),
+    ),
+    (
+        lambda: wsjax.ScaledWSConv(6, (3, 3), gain_init=nn.initializers.constant(0.5)),
+        lambda: wnnx.ScaledWSConv(
+            4, 6, (3, 3), gain_init=nnx.initializers.constant(0.5), rngs=nnx.Rngs(0)
+        ),
     ),
     (
         lambda: wsjax.ScaledWSConv(6, (3, 3)),
@@ -129,3 +143,46 @@ def test_nnx_channel_norm_errors():
         wnnx.ChannelNorm(6, 4)
     assert isinstance(wnnx.EstimatedBatchNorm(3), nnx.Module)
     assert issubclass(wsjax.WSConv, nn.Conv)
+
+
+def test_nnx_holds_one_standardization_and_takes_the_keyword_form():
+    make = lambda **kw: wnnx.WSConv(4, 6, (3, 3), rngs=nnx.Rngs(0), **kw)  # noqa: E731
+    bit = wsjax.PRESETS["bit"]
+    for module in [
+        make(standardization=bit),
+        make(standardization="bit"),
+        make(**bit),
+        make(eps=1e-10, unbiased=False),
+    ]:
+        assert module.standardization == bit
+        assert not hasattr(module, "eps")
+    assert make().standardization == wsjax.Standardization()
+    with pytest.raises(ValueError, match="unknown standardization"):
+        make(standardization="bti")
+
+
+def test_nnx_call_leaves_the_stored_kernel_raw():
+    module = wnnx.WSConv(4, 6, (3, 3), rngs=nnx.Rngs(0))
+    raw = np.asarray(module.kernel[...]).copy()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+    module(x)
+    nnx.jit(lambda m, x: m(x))(module, x)
+    np.testing.assert_array_equal(module.kernel[...], raw)
+    assert set(nnx.state(module, nnx.Param).keys()) == {"kernel", "bias"}
+
+
+def test_nnx_scaled_ws_conv_gain_init():
+    module = wnnx.ScaledWSConv(
+        4, 6, (3, 3), gain_init=nnx.initializers.constant(2.0), rngs=nnx.Rngs(0)
+    )
+    np.testing.assert_array_equal(module.gain[...], np.full(6, 2.0, np.float32))
+    np.testing.assert_array_equal(
+        wnnx.ScaledWSConv(4, 6, (3, 3), rngs=nnx.Rngs(0)).gain[...], np.ones(6, np.float32)
+    )
+    # The gain scales each output channel's kernel, hence (without bias) its output.
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+    unit = wnnx.ScaledWSConv(4, 6, (3, 3), use_bias=False, rngs=nnx.Rngs(0))
+    doubled = wnnx.ScaledWSConv(
+        4, 6, (3, 3), use_bias=False, gain_init=nnx.initializers.constant(2.0), rngs=nnx.Rngs(0)
+    )
+    np.testing.assert_allclose(doubled(x), 2.0 * unit(x), rtol=1e-6, atol=1e-6)

@@ -5,8 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import wsjax
+import wsjax.nnx as wnnx
 from tests import reference
 
 
@@ -157,3 +159,20 @@ def test_use_running_average_is_required():
     with pytest.raises(ValueError, match="use_running_average"):
         wsjax.EstimatedBatchNorm().init(jax.random.key(0), jnp.ones((2, 3)))
     assert isinstance(wsjax.BatchChannelNorm(), nn.Module)
+
+
+def test_normalization_is_named_in_the_compiled_program():
+    """jax.named_scope: profiles and HLO dumps name the statistics and the normalizations, Linen and NNX."""
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+    bcn = wsjax.BatchChannelNorm(num_groups=4)
+    variables = bcn.init(jax.random.key(1), x, use_running_average=False)
+    train = lambda v, x: bcn.apply(v, x, use_running_average=False, mutable=["batch_stats"])  # noqa: E731
+    hlo = jax.jit(train).lower(variables, x).compile().as_text()
+    for scope in ("batch_statistics", "batch_normalize", "channel_norm"):
+        assert f"/{scope}/" in hlo
+    module = wnnx.BatchChannelNorm(8, 4)
+    module.eval()  # no running-average update: a pure function of x, fit for jax.jit
+    hlo = jax.jit(lambda x: module(x)).lower(x).compile().as_text()
+    for scope in ("batch_normalize", "channel_norm"):
+        assert f"/{scope}/" in hlo
+    assert isinstance(module, nnx.Module)

@@ -15,9 +15,9 @@ from flax import nnx
 import wsjax
 import wsjax.nnx as wnnx
 from tests import reference
-from tests.test_layers import CONV_CASES, _conv_kwargs, _replace_kernel
+from tests.test_layers import CONV_CASES, _conv_kwargs, _replace_kernel, standardized
 from tests.test_nnx import _load
-from wsjax.standardization import standardization_statistics
+from wsjax import standardization_statistics
 
 
 def _params(layer, x, offset=0.0, seed=1):
@@ -29,16 +29,11 @@ def _params(layer, x, offset=0.0, seed=1):
 @pytest.mark.parametrize("preset", ["pytorch", "qiao", "bit"])
 def test_output_side_equals_conv_with_standardized_kernel(name, preset):
     case = CONV_CASES[name]
-    options = wsjax.PRESETS[preset]
+    s = wsjax.PRESETS[preset]
     x = jax.random.normal(jax.random.key(0), case["x"]) + 0.5  # a nonzero mean exercises conv(x, 1)
-    layer = wsjax.WSConv(**_conv_kwargs(case), apply_to="output", **options)
+    layer = wsjax.WSConv(**_conv_kwargs(case), apply_to="output", standardization=s)
     params = _params(layer, x)
-    w_hat = reference.standardize(
-        params["kernel"],
-        options["eps"],
-        1 if options["unbiased"] else 0,
-        options["eps_outside_sqrt"],
-    )
+    w_hat = standardized(params["kernel"], s)
     want = nn.Conv(**_conv_kwargs(case)).apply({"params": _replace_kernel(params, w_hat)}, x)
     got = jax.jit(layer.apply)({"params": params}, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
@@ -152,12 +147,10 @@ def test_nnx_output_side_refuses_a_mask():
 
 @pytest.mark.parametrize("preset", list(wsjax.PRESETS))
 def test_statistics_match_numpy_and_reproduce_standardize(preset):
-    options = wsjax.PRESETS[preset]
+    s = wsjax.PRESETS[preset]
     w = jax.random.normal(jax.random.key(0), (3, 3, 8, 5)) * 0.1 + 0.02
-    mean, scale = standardization_statistics(w, **options)
-    w_hat = reference.standardize(
-        w, options["eps"], 1 if options["unbiased"] else 0, options["eps_outside_sqrt"]
-    )
+    mean, scale = standardization_statistics(w, s)
+    w_hat = standardized(w, s)
     flat = np.asarray(w, np.float64).reshape(-1, 5)
     np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(
@@ -205,3 +198,41 @@ def test_statistics_from_raw_sums_hold_at_a_mean_thirty_times_the_spread():
     _, scale = standardization_statistics(w)
     want = 1.0 / np.sqrt(np.asarray(w, np.float64).reshape(-1, 4).var(axis=0, ddof=1) + 1e-5)
     np.testing.assert_allclose(scale, want, rtol=5e-4)
+
+
+class _SharedLayer(nn.Module):
+    """One WSConv called twice, as a weight-shared block is."""
+
+    @nn.compact
+    def __call__(self, x):
+        conv = wsjax.WSConv(4, (3, 3), apply_to="output", name="shared")
+        return conv(jax.nn.relu(conv(x)))
+
+
+def test_output_side_layer_called_twice_shares_its_parameters():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4)) + 0.5
+    model = _SharedLayer()
+    variables = model.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, variables["params"]) == {
+        "shared": {"kernel": (3, 3, 4, 4), "bias": (4,)}
+    }
+    kernel_side = wsjax.WSConv(4, (3, 3))
+    p = {"params": variables["params"]["shared"]}
+    want = kernel_side.apply(p, jax.nn.relu(kernel_side.apply(p, x)))
+    np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_output_side_initializes_exactly_as_nn_conv():
+    x = jnp.ones((1, 4, 4, 16))
+    got = wsjax.WSConv(8, (3, 3), apply_to="output").init(jax.random.key(3), x)
+    want = nn.Conv(8, (3, 3)).init(jax.random.key(3), x)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_output_side_correction_is_named_in_the_compiled_program():
+    x = jax.random.normal(jax.random.key(0), (1, 4, 4, 16))
+    layer = wsjax.WSConv(8, (3, 3), apply_to="output")
+    variables = layer.init(jax.random.key(1), x)
+    hlo = jax.jit(layer.apply).lower(variables, x).compile().as_text()
+    for scope in ("ws_window_sums", "ws_output_correction", "weight_standardization_statistics"):
+        assert f"/{scope}/" in hlo

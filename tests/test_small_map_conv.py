@@ -1,15 +1,17 @@
-"""wsjax.conv_general_dilated: the shifted-matmul path for output maps smaller than the kernel, on CPU."""
+"""wsjax.cpu.conv_general_dilated: the shifted-matmul path for output maps smaller than the kernel, on CPU."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax import lax
 
 import wsjax
+import wsjax.nnx as wnnx
 from tests import reference
-from wsjax.small_map_conv import takes_shifted_matmul_path
+from wsjax.cpu import takes_shifted_matmul_path
 
 # (input shape, kernel shape, padding): every one has an output side smaller than the kernel's.
 SMALL_MAPS = [
@@ -42,7 +44,7 @@ def test_small_maps_equal_the_definition_and_lax(lhs_shape, rhs_shape, padding):
     dn = _dimension_numbers(len(lhs_shape))
     strides = (1,) * (len(lhs_shape) - 2)
     assert takes_shifted_matmul_path(x.shape, w.shape, strides, padding, dimension_numbers=dn)
-    got = wsjax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+    got = wsjax.cpu.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
     np.testing.assert_allclose(
         got, reference.conv_channels_last(x, w, padding), rtol=1e-5, atol=1e-5
     )
@@ -61,7 +63,7 @@ def test_small_map_gradients_equal_lax(lhs_shape, rhs_shape, padding):
     def loss(conv):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (1, 1), padding, dimension_numbers=dn)))
 
-    got = jax.grad(loss(wsjax.conv_general_dilated), (0, 1))(x, w)
+    got = jax.grad(loss(wsjax.cpu.conv_general_dilated), (0, 1))(x, w)
     expected = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
@@ -70,7 +72,7 @@ def test_small_map_gradients_equal_lax(lhs_shape, rhs_shape, padding):
 def test_padding_strings_are_resolved():
     x, w = _operands((2, 2, 2, 3), (3, 3, 3, 4))
     for padding in ("SAME", "SAME_LOWER"):
-        got = wsjax.conv_general_dilated(
+        got = wsjax.cpu.conv_general_dilated(
             x, w, (1, 1), padding, dimension_numbers=_dimension_numbers(4)
         )
         expected = lax.conv_general_dilated(
@@ -82,14 +84,14 @@ def test_padding_strings_are_resolved():
 def test_bfloat16_accumulates_in_float32():
     x, w = _operands((2, 2, 2, 64), (3, 3, 64, 8), jnp.bfloat16)
     dn = _dimension_numbers(4)
-    got = wsjax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    got = wsjax.cpu.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
     assert got.dtype == jnp.bfloat16
     exact = reference.conv_channels_last(
         x.astype(jnp.float32), w.astype(jnp.float32), ((1, 1), (1, 1))
     )
     # One bf16 rounding of an f32-accumulated sum: within half a bf16 ulp (2**-8 relative), plus f32 slack.
     np.testing.assert_allclose(np.asarray(got, np.float32), exact, rtol=2**-8, atol=1e-3)
-    wide = wsjax.conv_general_dilated(
+    wide = wsjax.cpu.conv_general_dilated(
         x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn, preferred_element_type=jnp.float32
     )
     assert wide.dtype == jnp.float32
@@ -116,7 +118,7 @@ def test_other_convolutions_are_lax_unchanged(lhs_shape, rhs_shape, kwargs):
     args.update(kwargs)
     assert not takes_shifted_matmul_path(x.shape, w.shape, **args)
     np.testing.assert_array_equal(
-        wsjax.conv_general_dilated(x, w, **args), lax.conv_general_dilated(x, w, **args)
+        wsjax.cpu.conv_general_dilated(x, w, **args), lax.conv_general_dilated(x, w, **args)
     )
 
 
@@ -139,11 +141,84 @@ def test_channels_first_and_other_backends_take_lax():
 @pytest.mark.parametrize("module", [nn.Conv, wsjax.WSConv])
 def test_flax_convolutions_accept_it(module):
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 2, 16))
-    plain = module(8, (3, 3), padding=((1, 1), (1, 1)))
+    plain = module(
+        8, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=lax.conv_general_dilated
+    )
     fast = module(
-        8, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=wsjax.conv_general_dilated
+        8, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=wsjax.cpu.conv_general_dilated
     )
     variables = plain.init(jax.random.PRNGKey(0), x)
     np.testing.assert_allclose(
         fast.apply(variables, x), plain.apply(variables, x), rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: wsjax.WSConv(8, (3, 3)),
+        lambda: wsjax.ScaledWSConv(8, (3, 3)),
+        lambda: wnnx.WSConv(4, 8, (3, 3), rngs=nnx.Rngs(0)),
+        lambda: wnnx.ScaledWSConv(4, 8, (3, 3), rngs=nnx.Rngs(0)),
+    ],
+)
+def test_it_is_what_a_library_user_gets(make):
+    assert make().conv_general_dilated is wsjax.cpu.conv_general_dilated
+
+
+def test_on_another_platform_it_is_plain_lax(monkeypatch):
+    """The decision is made per platform at trace time: off the CPU, the program is lax's, op for op."""
+    x, w = _operands((2, 2, 2, 8), (3, 3, 8, 5))  # a small map: shifted matmuls on CPU
+    args = ((1, 1), ((1, 1), (1, 1)))
+    dn = _dimension_numbers(4)
+    ours = lambda x, w: wsjax.cpu.conv_general_dilated(x, w, *args, dimension_numbers=dn)  # noqa: E731
+    theirs = lambda x, w: lax.conv_general_dilated(x, w, *args, dimension_numbers=dn)  # noqa: E731
+    # A new function per trace: JAX caches traces by function, and the platform is read while tracing.
+    primitives = lambda f: [e.primitive.name for e in jax.make_jaxpr(lambda *a: f(*a))(x, w).eqns]  # noqa: E731
+    assert "dot_general" in primitives(ours)  # here, on CPU
+    for platform in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda platform=platform: platform)
+        assert primitives(ours) == primitives(theirs) == ["conv_general_dilated"]
+
+
+def test_layer_default_values_and_gradients_match_lax():
+    """VGG16's last stage in small: the default (shifted matmuls here) against lax, forward and backward."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 2, 16))
+    default = wsjax.WSConv(8, (3, 3), padding=((1, 1), (1, 1)))
+    plain_lax = default.clone(conv_general_dilated=lax.conv_general_dilated)
+    variables = default.init(jax.random.PRNGKey(0), x)
+
+    def loss(layer):
+        return lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x)))
+
+    np.testing.assert_allclose(
+        default.apply(variables, x), plain_lax.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+    got = jax.grad(loss(default), (0, 1))(variables, x)
+    want = jax.grad(loss(plain_lax), (0, 1))(variables, x)
+    # The kernel's gradient through WS removes its mean and scale components: float32 rounding of the
+    # convolution (another summation order) shows relative to the largest entry, not to each.
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(np.abs(e).max()))
+
+
+def test_nnx_passes_out_sharding_through():
+    x, w = _operands((2, 2, 2, 8), (3, 3, 8, 5))
+    dn = _dimension_numbers(4)
+    np.testing.assert_array_equal(
+        wsjax.cpu.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=dn, out_sharding=None
+        ),
+        wsjax.cpu.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn),
+    )
+
+
+def test_the_old_top_level_name_is_a_deprecated_alias():
+    assert "conv_general_dilated" not in wsjax.__all__
+    with pytest.warns(DeprecationWarning, match=r"wsjax\.cpu\.conv_general_dilated"):
+        old = wsjax.conv_general_dilated
+    assert old is wsjax.cpu.conv_general_dilated
+    with pytest.warns(DeprecationWarning):
+        from wsjax import conv_general_dilated  # noqa: F401
+    with pytest.raises(AttributeError, match="no attribute 'conv_general_dilate'"):
+        wsjax.conv_general_dilate  # noqa: B018

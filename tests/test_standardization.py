@@ -1,5 +1,8 @@
 """wsjax.standardize and wsjax.scaled_standardize against the NumPy references."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,34 +27,35 @@ def _kernel(shape, seed=0, dtype=jnp.float32, offset=0.0):
     return (jax.random.normal(jax.random.key(seed), shape) * 0.3 + offset).astype(dtype)
 
 
+def _reference(w, s: wsjax.Standardization):
+    return reference.standardize(w, s.eps, 1 if s.unbiased else 0, s.eps_outside_sqrt)
+
+
 @pytest.mark.parametrize("name", SHAPES)
 @pytest.mark.parametrize("preset", list(wsjax.PRESETS))
 def test_presets_match_numpy(name, preset):
-    options = wsjax.PRESETS[preset]
+    s = wsjax.PRESETS[preset]
     w = _kernel(SHAPES[name], offset=0.5)
-    got = jax.jit(lambda w: wsjax.standardize(w, **options))(w)
-    want = reference.standardize(
-        w, options["eps"], 1 if options["unbiased"] else 0, options["eps_outside_sqrt"]
-    )
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    got = jax.jit(lambda w: wsjax.standardize(w, s))(w)
+    np.testing.assert_allclose(got, _reference(w, s), rtol=2e-5, atol=2e-6)
+    np.testing.assert_array_equal(jax.jit(s.kernel)(w), got)
 
 
 @pytest.mark.parametrize("preset", list(wsjax.PRESETS))
 def test_moments_in_the_presets_own_sense(preset):
-    options = wsjax.PRESETS[preset]
+    s = wsjax.PRESETS[preset]
     w = _kernel((3, 3, 16, 8), offset=-2.0)
-    flat = np.asarray(wsjax.standardize(w, **options), np.float64).reshape(-1, 8)
+    flat = np.asarray(wsjax.standardize(w, s), np.float64).reshape(-1, 8)
     np.testing.assert_allclose(flat.mean(axis=0), 0.0, atol=1e-6)
-    ddof = 1 if options["unbiased"] else 0
+    ddof = 1 if s.unbiased else 0
     # eps shifts the variance by a relative ~eps/var; 1e-4 covers eps=1e-5 at var ~0.09.
     np.testing.assert_allclose(flat.var(axis=0, ddof=ddof), 1.0, rtol=3e-4)
 
 
 def test_default_is_the_pytorch_reference():
     w = _kernel((3, 3, 4, 6))
-    np.testing.assert_array_equal(
-        wsjax.standardize(w), wsjax.standardize(w, **wsjax.PRESETS["pytorch"])
-    )
+    assert wsjax.Standardization() == wsjax.PRESETS["pytorch"]
+    np.testing.assert_array_equal(wsjax.standardize(w), wsjax.standardize(w, "pytorch"))
     np.testing.assert_allclose(
         wsjax.standardize(w), reference.standardize(w, 1e-5, 1), rtol=2e-5, atol=2e-6
     )
@@ -59,7 +63,7 @@ def test_default_is_the_pytorch_reference():
 
 def test_presets_really_differ():
     w = _kernel((3, 3, 4, 6))
-    outs = [np.asarray(wsjax.standardize(w, **opts)) for opts in wsjax.PRESETS.values()]
+    outs = [np.asarray(wsjax.standardize(w, s)) for s in wsjax.PRESETS.values()]
     for i in range(len(outs)):
         for j in range(i + 1, len(outs)):
             assert not np.allclose(outs[i], outs[j], rtol=0, atol=1e-7)
@@ -86,13 +90,12 @@ def test_float64_stays_float64():
 
 def test_constant_kernel_gives_finite_zeros():
     w = jnp.full((3, 3, 4, 2), 0.7)
-    for options in wsjax.PRESETS.values():
-        out = wsjax.standardize(w, **options)
+    for s in wsjax.PRESETS.values():
+        out = wsjax.standardize(w, s)
         assert np.all(np.isfinite(out))
         # The float32 mean of 0.7s is off by a few roundings (~2e-7); a tiny eps amplifies that by
         # 1/sqrt(eps) (1/eps outside the root), exactly as in the reference implementations.
-        eps = options["eps"]
-        amplification = 1 / eps if options["eps_outside_sqrt"] else 1 / np.sqrt(eps)
+        amplification = 1 / s.eps if s.eps_outside_sqrt else 1 / np.sqrt(s.eps)
         np.testing.assert_allclose(out, 0.0, atol=5e-7 * amplification)
     out = wsjax.scaled_standardize(w, jnp.ones(2))  # eps = 1e-4 floors var * fan_in
     assert np.all(np.isfinite(out))
@@ -200,3 +203,87 @@ def test_gradient_ignores_the_shift():
     got = jax.grad(lambda w: jnp.sum(wsjax.standardize(w) * g))(w)
     want = jax.grad(lambda w: jnp.sum(exact(w) * g))(w)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_big_vision_preset_is_big_visions_formula():
+    """big_vision models/bit.py, vit_jax's hybrid ResNet and the paper's TF snippet: biased std, + 1e-5."""
+    w = _kernel((3, 3, 8, 5), offset=0.3)
+    w64 = np.asarray(w, np.float64)
+    axes = (0, 1, 2)
+    centered = w64 - w64.mean(axis=axes)  # NumPy's std is the biased one, as jnp.std and tf.keras's
+    want = centered / (centered.std(axis=axes) + 1e-5)
+    assert wsjax.PRESETS["big_vision"] == wsjax.Standardization(1e-5, False, True)
+    np.testing.assert_allclose(wsjax.standardize(w, "big_vision"), want, rtol=2e-5, atol=2e-6)
+
+
+def test_the_keyword_form_still_works():
+    w = _kernel((3, 3, 4, 6), offset=0.2)
+    bit = wsjax.standardize(w, wsjax.PRESETS["bit"])
+    for got in [
+        wsjax.standardize(w, "bit"),
+        wsjax.standardize(w, **wsjax.PRESETS["bit"]),  # the README's form before Standardization
+        wsjax.standardize(w, 1e-10, unbiased=False),
+        wsjax.standardize(w, eps=1e-10, unbiased=False, eps_outside_sqrt=False),
+        functools.partial(wsjax.standardize, eps=1e-10, unbiased=False)(w),
+    ]:
+        np.testing.assert_array_equal(got, bit)
+    # Keywords override the fields of the convention they come with.
+    np.testing.assert_array_equal(
+        wsjax.standardize(w, "bit", eps=1e-3),
+        wsjax.standardize(w, wsjax.Standardization(1e-3, unbiased=False)),
+    )
+    assert dict(wsjax.PRESETS["qiao"]) == {"eps": 1e-5, "unbiased": True, "eps_outside_sqrt": True}
+
+
+def test_standardization_is_one_frozen_hashable_value():
+    s = wsjax.Standardization(1e-3, unbiased=False)
+    assert s == wsjax.Standardization(eps=1e-3, unbiased=False, eps_outside_sqrt=False)
+    assert hash(s) == hash(wsjax.Standardization(1e-3, False, False))
+    assert len(set(wsjax.PRESETS.values())) == len(wsjax.PRESETS)  # all different
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.eps = 1.0
+    # Usable as a static argument: a new equal value does not recompile.
+    f = jax.jit(lambda w, s: s.kernel(w), static_argnums=1)
+    f(_kernel((3, 3, 2, 4)), wsjax.Standardization())
+    f(_kernel((3, 3, 2, 4)), wsjax.Standardization(1e-5))
+    assert f._cache_size() == 1
+
+
+def test_standardization_statistics_method_matches_the_function():
+    w = _kernel((3, 3, 8, 4), offset=0.1)
+    for s in wsjax.PRESETS.values():
+        mean, scale = s.statistics(w)
+        want_mean, want_scale = wsjax.standardization_statistics(w, s)
+        np.testing.assert_array_equal(mean, want_mean)
+        np.testing.assert_array_equal(scale, want_scale)
+        flat = (np.asarray(w, np.float64).reshape(-1, 4) - np.asarray(mean)) * np.asarray(scale)
+        np.testing.assert_allclose(flat.reshape(w.shape), _reference(w, s), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_conventions_are_refused_when_built():
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        wsjax.Standardization(eps=-1.0)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        wsjax.Standardization(eps=float("nan"))
+    with pytest.raises(TypeError, match="unbiased must be a bool"):
+        wsjax.Standardization(unbiased="no")
+    with pytest.raises(
+        ValueError, match="unknown standardization 'pytroch'; choose one of pytorch"
+    ):
+        wsjax.standardize(jnp.ones((3, 3)), "pytroch")
+    for bad in ({"eps": 1e-5}, None, True, jnp.ones(3)):
+        with pytest.raises(TypeError, match="standardization must be a wsjax.Standardization"):
+            wsjax.standardize(jnp.ones((3, 3)), bad)
+    with pytest.raises(TypeError, match="standardization must be"):
+        wsjax.WSConv(6, (3, 3), standardization=None)
+
+
+def test_standardization_is_named_in_the_compiled_program():
+    """jax.named_scope: profiles and HLO dumps name the standardization ops."""
+    w = _kernel((3, 3, 4, 8))
+    for fn, scope in [
+        (wsjax.standardize, "weight_standardization"),
+        (wsjax.standardization_statistics, "weight_standardization_statistics"),
+        (lambda w: wsjax.scaled_standardize(w, jnp.ones(8)), "scaled_weight_standardization"),
+    ]:
+        assert f"/{scope}/" in jax.jit(fn).lower(w).compile().as_text()

@@ -1,18 +1,29 @@
 """wsjax: Weight Standardization and Batch-Channel Normalization for JAX/Flax.
 
 Qiao, Wang, Liu, Shen, Yuille. "Micro-Batch Training with Batch-Channel Normalization and Weight
-Standardization", arXiv 1903.10520. Linen modules here; NNX mirrors in ``wsjax.nnx``; models in
-``wsjax.models``.
+Standardization", arXiv 1903.10520. Weight Standardization computes a layer with, per output channel ``o``,
+
+.. math::
+
+   \\hat w_{\\cdot o} = \\frac{w_{\\cdot o} - \\mu_o}{\\sqrt{\\sigma_o^2 + \\epsilon}}
+
+instead of its raw kernel ``w``. The Linen modules are here; NNX mirrors in :mod:`wsjax.nnx`; models in
+:mod:`wsjax.models`; the CPU convolution in :mod:`wsjax.cpu`. Everything public is re-exported here; the
+modules whose names start with an underscore are internal.
 """
 
-from wsjax.folding import fold_weight_standardization
-from wsjax.layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
-from wsjax.normalization import BatchChannelNorm, ChannelNorm, EstimatedBatchNorm
-from wsjax.small_map_conv import conv_general_dilated
-from wsjax.standardization import (
+import warnings as _warnings
+
+from wsjax import cpu
+from wsjax._folding import fold_weight_standardization
+from wsjax._layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
+from wsjax._normalization import BatchChannelNorm, ChannelNorm, EstimatedBatchNorm
+from wsjax._output_standardization import APPLY_TO
+from wsjax._scaled_standardization import scaled_standardize
+from wsjax._standardization import (
     PRESETS,
+    Standardization,
     StandardizeOptions,
-    scaled_standardize,
     standardization_statistics,
     standardize,
 )
@@ -20,18 +31,33 @@ from wsjax.standardization import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "APPLY_TO",
     "PRESETS",
     "BatchChannelNorm",
     "ChannelNorm",
     "EstimatedBatchNorm",
     "ScaledWSConv",
+    "Standardization",
     "StandardizeOptions",
     "WSConv",
     "WSConvTranspose",
     "WSDense",
-    "conv_general_dilated",
+    "cpu",
     "fold_weight_standardization",
     "scaled_standardize",
     "standardization_statistics",
     "standardize",
 ]
+
+
+def __getattr__(name: str):
+    # Deprecated aliases, kept for one release (module-level __getattr__, PEP 562, so that only their use warns).
+    if name == "conv_general_dilated":
+        _warnings.warn(
+            "wsjax.conv_general_dilated is deprecated and will be removed in the next release; use "
+            "wsjax.cpu.conv_general_dilated (the default of wsjax.WSConv and wsjax.ScaledWSConv).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cpu.conv_general_dilated
+    raise AttributeError(f"module 'wsjax' has no attribute {name!r}")

@@ -1,8 +1,15 @@
 """Models with injected ``conv`` and ``norm``: the reference VGG16 and a CIFAR ResNet-18."""
 
-from wsjax.models.norms import NORMS, GroupNorm, norm_layer
-from wsjax.models.resnet import BasicBlock, ResNet, ResNet18
-from wsjax.models.vgg import VGG, VGG16, VGG16_STAGES, VGG16Narrow, pad_to_multiple
+from wsjax.models._norms import NORMS, GroupNorm, norm_layer
+from wsjax.models._resnet import BasicBlock, ResNet, ResNet18
+from wsjax.models._vgg import (
+    VGG,
+    VGG16,
+    VGG16_STAGES,
+    VGG16Narrow,
+    max_pool_2x2,
+    pad_to_multiple,
+)
 
 __all__ = [
     "NORMS",
@@ -14,6 +21,7 @@ __all__ = [
     "ResNet",
     "ResNet18",
     "VGG16Narrow",
+    "max_pool_2x2",
     "norm_layer",
     "pad_to_multiple",
 ]

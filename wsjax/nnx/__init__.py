@@ -1,7 +1,7 @@
 """Flax NNX mirrors of every wsjax module: same maths, same parameter names as the Linen versions."""
 
-from wsjax.nnx.layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
-from wsjax.nnx.normalization import BatchChannelNorm, ChannelNorm, EstimatedBatchNorm
+from wsjax.nnx._layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
+from wsjax.nnx._normalization import BatchChannelNorm, ChannelNorm, EstimatedBatchNorm
 
 __all__ = [
     "BatchChannelNorm",

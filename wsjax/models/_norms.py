@@ -8,14 +8,23 @@ from typing import Any
 
 import flax.linen as nn
 
-from wsjax.normalization import BatchChannelNorm
+from wsjax._normalization import BatchChannelNorm
 
 ModuleDef = Callable[..., nn.Module]
 NORMS = ("bn", "gn", "bcn", "none")
 
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` that accepts (and ignores) ``use_running_average``: it has no running statistics."""
+    r"""``nn.GroupNorm`` that accepts (and ignores) ``use_running_average``: it has no running statistics.
+
+    .. math::
+
+       y_{b,\ldots,c} = \gamma_c \, \frac{x_{b,\ldots,c} - \mu_{b,g}}{\sqrt{\sigma_{b,g}^2 + \epsilon}} + \beta_c,
+       \qquad c \in \text{group } g
+
+    Args:
+      use_running_average: ignored; every other argument is ``nn.GroupNorm``'s.
+    """
 
     use_running_average: bool | None = None
 
@@ -38,6 +47,10 @@ def norm_layer(
       epsilon: added to every variance.
       axis_name: mapped axis over which batch statistics are averaged; None keeps them per device.
       dtype: output dtype of the layer.
+
+    Returns:
+      A ``functools.partial`` of the layer (``nn.BatchNorm``, :class:`GroupNorm` or
+      :class:`wsjax.BatchChannelNorm`), or None for ``'none'``.
 
     Raises:
       ValueError: an unknown ``kind``.

@@ -10,12 +10,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wsjax.layers import WSConv
-from wsjax.models.norms import ModuleDef
+from wsjax._layers import WSConv
+from wsjax.models._norms import ModuleDef
 
 
 class BasicBlock(nn.Module):
-    """Two 3×3 convolutions with a residual; a 1×1 projection where the shape changes."""
+    r"""Two 3×3 convolutions with a residual; a 1×1 projection where the shape changes.
+
+    .. math::
+
+       y = \operatorname{relu}\Big(P(x) + N_2\big(C_2(\operatorname{relu}(N_1(C_1(x))))\big)\Big)
+
+    with :math:`C` the convolutions, :math:`N` the norms (the identity when ``norm`` is None) and
+    :math:`P` the identity, or a strided 1×1 convolution and norm where the shape changes.
+
+    Args:
+      features: the output channels.
+      strides: the first convolution's (and the projection's) stride.
+      conv: the convolution, called as ``conv(features, kernel_size, strides, ...)``.
+      norm: the norm, as from :func:`norm_layer`; None: none (the convolutions then have a bias).
+      train: batch statistics (True) or running averages (False).
+      dtype: the computation dtype.
+    """
 
     features: int
     strides: int
@@ -31,6 +47,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """The block on ``x`` of shape ``(N, H, W, C)``; returns ``(N, H / strides, W / strides, features)``."""
         conv = functools.partial(self.conv, use_bias=self.norm is None, dtype=self.dtype)
         y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
         y = nn.relu(self._norm(y, "norm1"))
@@ -43,7 +60,20 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet. Works on any side length (28×28 included): the head averages over space."""
+    """CIFAR ResNet: a 3×3 stem, stages of :class:`BasicBlock`, a global average and one Dense classifier.
+
+    Works on any side length (28×28 included): the head averages over space. Stage ``s`` (from 0) has
+    ``width * 2**s`` channels and, after the first, halves the map in its first block.
+
+    Args:
+      stage_sizes: blocks per stage; ``(2, 2, 2, 2)`` is ResNet-18.
+      num_classes: the classifier's width.
+      width: the stem's channels.
+      conv: the convolution, :class:`wsjax.WSConv` by default (on CPU with
+        :func:`wsjax.cpu.conv_general_dilated`).
+      norm: the norm, as from :func:`norm_layer`; None: none.
+      dtype: the computation dtype; parameters stay float32.
+    """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     num_classes: int = 10
@@ -54,6 +84,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        """Float32 logits ``(N, num_classes)`` of images ``(N, H, W, C)``; ``train`` uses batch statistics."""
         x = self.conv(
             self.width,
             (3, 3),

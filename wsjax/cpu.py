@@ -1,18 +1,23 @@
-"""``lax.conv_general_dilated`` with a fast path for output maps smaller than the kernel, on CPU.
+r"""CPU-specific convolution: ``lax.conv_general_dilated`` with a fast path for output maps smaller than the kernel.
 
 XLA:CPU is slow on convolutions whose output map is smaller than the kernel: VGG16's last stage on 32×32
 inputs (2×2 maps, 3×3 kernels, 512 channels) runs at about 2 GFLOP/s against 150-200 GFLOP/s for the larger
-maps, and takes most of the training step (measured on a 2-core EPYC, jaxlib 0.10.2; see the README). The same
-convolution written as a sum over kernel taps of shifted matmuls,
+maps, and took most of the training step (measured on a 2-core EPYC, jaxlib 0.10.2; see the README's
+Benchmarks). The same convolution written as a sum over kernel taps of shifted matmuls,
 
-    y[n, p, o] = Σ_t  x_pad[n, p + t, :] · w[t, :, o]        (t over the kh·kw kernel offsets),
+.. math::
 
-is exact (the same products, summed in another order) and 20-60× faster there. ``conv_general_dilated`` takes
-that path only when it applies and pays off: on the CPU backend, stride 1, no dilation, one feature group,
-channels-last input/output with an ``(..., in, out)`` kernel (Flax's layout), and every output side smaller
-than the kernel's. Everything else goes to ``lax.conv_general_dilated`` unchanged.
+   y[n, p, o] = \sum_t x_{\text{pad}}[n, p + t, :] \cdot w[t, :, o]
+   \qquad (t \text{ over the kernel offsets}),
 
-Use it with any Flax convolution: ``WSConv(..., conv_general_dilated=wsjax.conv_general_dilated)``.
+is exact (the same products, summed in another order) and much faster there. :func:`conv_general_dilated`
+takes that path only when :func:`takes_shifted_matmul_path` says it applies and pays off: on the CPU backend,
+stride 1, no dilation, one feature group, channels-last input/output with an ``(..., in, out)`` kernel
+(Flax's layout), and every output side smaller than the kernel's. Everything else, and every other backend,
+goes to ``lax.conv_general_dilated`` unchanged.
+
+It is the default convolution of :class:`wsjax.WSConv` and :class:`wsjax.ScaledWSConv` (Linen and NNX), and
+fits any Flax convolution: ``nn.Conv(..., conv_general_dilated=wsjax.cpu.conv_general_dilated)``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+__all__ = ["conv_general_dilated", "takes_shifted_matmul_path"]
 
 
 def _channels_last_specs(ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -43,7 +50,24 @@ def takes_shifted_matmul_path(
     batch_group_count: int = 1,
     backend: str | None = None,
 ) -> bool:
-    """Whether ``conv_general_dilated`` computes this convolution as shifted matmuls (see the module doc)."""
+    """Whether :func:`conv_general_dilated` computes this convolution as shifted matmuls (see the module doc).
+
+    Args:
+      lhs_shape: the input's shape.
+      rhs_shape: the kernel's shape.
+      window_strides: as for ``lax.conv_general_dilated``.
+      padding: as for ``lax.conv_general_dilated``.
+      lhs_dilation: as for ``lax.conv_general_dilated``.
+      rhs_dilation: as for ``lax.conv_general_dilated``.
+      dimension_numbers: as for ``lax.conv_general_dilated``.
+      feature_group_count: as for ``lax.conv_general_dilated``.
+      batch_group_count: as for ``lax.conv_general_dilated``.
+      backend: the platform deciding (``"cpu"``, ``"gpu"``, ``"tpu"``); None: ``jax.default_backend()``.
+
+    Returns:
+      True only on the CPU backend, for stride 1, no dilation, one group, channels-last operands with an
+      ``(..., in, out)`` kernel, and every output side smaller than the kernel's.
+    """
     if (backend or jax.default_backend()) != "cpu":
         return False
     ndim = len(lhs_shape)
@@ -119,9 +143,30 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    out_sharding=None,
 ) -> jax.Array:
-    """Drop-in ``lax.conv_general_dilated``; output maps smaller than the kernel take shifted matmuls on CPU."""
-    if takes_shifted_matmul_path(
+    """Drop-in ``lax.conv_general_dilated``; output maps smaller than the kernel take shifted matmuls on CPU.
+
+    Args:
+      lhs: the input.
+      rhs: the kernel.
+      window_strides: as for ``lax.conv_general_dilated``.
+      padding: as for ``lax.conv_general_dilated``.
+      lhs_dilation: as for ``lax.conv_general_dilated``.
+      rhs_dilation: as for ``lax.conv_general_dilated``.
+      dimension_numbers: as for ``lax.conv_general_dilated``.
+      feature_group_count: as for ``lax.conv_general_dilated``.
+      batch_group_count: as for ``lax.conv_general_dilated``.
+      precision: as for ``lax.conv_general_dilated``.
+      preferred_element_type: as for ``lax.conv_general_dilated``.
+      out_sharding: as for ``lax.conv_general_dilated`` (``nnx.Conv`` passes it); a sharded output takes
+        ``lax``.
+
+    Returns:
+      ``lax.conv_general_dilated``'s result: the same shape and dtype, the same values up to the order of
+      the sums on the shifted-matmul path.
+    """
+    if out_sharding is None and takes_shifted_matmul_path(
         lhs.shape,
         rhs.shape,
         window_strides,
@@ -132,7 +177,8 @@ def conv_general_dilated(
         feature_group_count,
         batch_group_count,
     ):
-        return _shifted_matmuls(lhs, rhs, padding, precision, preferred_element_type)
+        with jax.named_scope("small_map_conv"):
+            return _shifted_matmuls(lhs, rhs, padding, precision, preferred_element_type)
     return lax.conv_general_dilated(
         lhs,
         rhs,
@@ -145,4 +191,5 @@ def conv_general_dilated(
         batch_group_count=batch_group_count,
         precision=precision,
         preferred_element_type=preferred_element_type,
+        **({} if out_sharding is None else {"out_sharding": out_sharding}),
     )

@@ -1,12 +1,17 @@
-"""Batch-Channel Normalization (Qiao et al., arXiv 1903.10520, Sec. 5) as Flax Linen modules.
+r"""Batch-Channel Normalization (Qiao et al., arXiv 1903.10520, Sec. 5) as Flax Linen modules.
 
-BCN = an *estimated* batch norm followed by a channel norm:
+BCN is an *estimated* batch norm followed by a channel norm, :math:`\mathrm{BCN}(x) = \mathrm{CN}(\mathrm{EBN}(x))`:
 
-* ``EstimatedBatchNorm``: in training, first update the running statistics from the batch,
-  ``mu <- m * mu + (1 - m) * mean_B(x)`` and ``s2 <- m * s2 + (1 - m) * var_B(x)``, then normalize with them,
-  ``y = gamma * (x - mu) / sqrt(s2 + eps) + beta``, with no gradient through ``mu`` or ``s2``. In evaluation
-  the same formula runs without the update.
-* ``ChannelNorm``: a group norm whose affine ``gamma_g, beta_g`` are per group, not per channel.
+* :class:`EstimatedBatchNorm`: in training, first update the running statistics from the batch, then
+  normalize with them (no gradient through them); in evaluation the same formula runs without the update:
+
+  .. math::
+
+     \hat\mu \leftarrow m \hat\mu + (1 - m) \, \mathrm{E}_B[x], \quad
+     \hat\sigma^2 \leftarrow m \hat\sigma^2 + (1 - m) \, \mathrm{Var}_B[x], \quad
+     y = \gamma \, \frac{x - \hat\mu}{\sqrt{\hat\sigma^2 + \epsilon}} + \beta
+
+* :class:`ChannelNorm`: a group norm whose affine :math:`\gamma_g, \beta_g` are per group, not per channel.
 
 State lives in the ``batch_stats`` collection (``mean``, ``var``), momentum is in Flax's sense (PyTorch's 0.1
 is 0.9 here), and ``axis_name`` averages the batch statistics over a mapped axis (synced batch norm);
@@ -23,14 +28,40 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from wsjax import norm_math
-from wsjax.dtypes import output_dtype
+from wsjax import _norm_math as norm_math
+from wsjax._dtypes import output_dtype
 
 Initializer = Callable[..., jax.Array]
 
 
 class EstimatedBatchNorm(nn.Module):
-    """Batch norm that normalizes with its freshly updated running statistics (BCN's first half)."""
+    r"""Batch norm that normalizes with its freshly updated running statistics (BCN's first half).
+
+    .. math::
+
+       \hat\mu \leftarrow m \hat\mu + (1 - m) \, \mathrm{E}_B[x], \quad
+       \hat\sigma^2 \leftarrow m \hat\sigma^2 + (1 - m) \, \mathrm{Var}_B[x], \quad
+       y = \gamma \, \frac{x - \hat\mu}{\sqrt{\hat\sigma^2 + \epsilon}} + \beta
+
+    per feature, with the batch's mean and biased variance over every axis but ``axis``; evaluation skips
+    the update. The running statistics are ``batch_stats`` ``mean`` and ``var``; no gradient flows through
+    them.
+
+    Args:
+      use_running_average: True: evaluation (no update); False: training. Or pass it to the call.
+      axis: the feature axis.
+      momentum: :math:`m`, in Flax's sense: the weight of the old running value (PyTorch's 0.1 is 0.9).
+      epsilon: :math:`\epsilon`, added to the variance.
+      dtype: the output dtype; None: the promotion of the input's and ``param_dtype``.
+      param_dtype: the dtype of :math:`\gamma` and :math:`\beta`.
+      use_bias: learn :math:`\beta`.
+      use_scale: learn :math:`\gamma`.
+      bias_init: initializer of :math:`\beta`.
+      scale_init: initializer of :math:`\gamma`.
+      axis_name: average the batch statistics over this mapped axis (synced batch norm); None: this
+        device's micro-batch alone.
+      axis_index_groups: as for ``lax.pmean``.
+    """
 
     use_running_average: bool | None = None  # True: evaluation (no update); False: training
     axis: int = -1  # feature axis
@@ -47,6 +78,15 @@ class EstimatedBatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """Updates the running statistics (in training), then normalizes ``x`` with them.
+
+        Args:
+          x: any shape, features along ``axis``.
+          use_running_average: overrides the field of the same name.
+
+        Returns:
+          ``y``, the shape of ``x``.
+        """
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
@@ -86,7 +126,26 @@ class EstimatedBatchNorm(nn.Module):
 
 
 class ChannelNorm(nn.Module):
-    """Group norm with per-group affine parameters (BCN's second half). Input ``(batch, *spatial, C)``."""
+    r"""Group norm with per-group affine parameters (BCN's second half).
+
+    .. math::
+
+       z_{b,\ldots,c} = \gamma_g \, \frac{x_{b,\ldots,c} - \mu_{b,g}}{\sqrt{\sigma_{b,g}^2 + \epsilon}}
+       + \beta_g, \qquad c \in \text{group } g
+
+    with :math:`\mu_{b,g}, \sigma_{b,g}^2` the mean and biased variance of example ``b`` over the spatial
+    positions and the ``C / num_groups`` channels of group ``g``.
+
+    Args:
+      num_groups: the groups ``G``; must divide the channels.
+      epsilon: :math:`\epsilon`, added to the variance.
+      dtype: the output dtype; None: the promotion of the input's and ``param_dtype``.
+      param_dtype: the dtype of :math:`\gamma` and :math:`\beta` (each of shape ``(num_groups,)``).
+      use_bias: learn :math:`\beta`.
+      use_scale: learn :math:`\gamma`.
+      bias_init: initializer of :math:`\beta`.
+      scale_init: initializer of :math:`\gamma`.
+    """
 
     num_groups: int = 32
     epsilon: float = 1e-5
@@ -99,6 +158,17 @@ class ChannelNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalizes ``x`` per example and group.
+
+        Args:
+          x: ``(batch, *spatial, C)``.
+
+        Returns:
+          ``z``, the shape of ``x``.
+
+        Raises:
+          ValueError: ``C`` not divisible by ``num_groups``.
+        """
         norm_math.check_groups(x.shape[-1], self.num_groups, "ChannelNorm")
         groups = (self.num_groups,)
         scale = (
@@ -120,10 +190,22 @@ class ChannelNorm(nn.Module):
 
 
 class BatchChannelNorm(nn.Module):
-    """Batch-Channel Normalization: ``ChannelNorm(BatchNorm(x))``, the batch norm estimated by default.
+    r"""Batch-Channel Normalization: :math:`\mathrm{CN}(\mathrm{EBN}(x))`, the batch norm estimated by default.
 
-    Submodules are named ``batch_norm`` and ``channel_norm``. ``estimate=False`` uses Flax's ordinary
-    ``nn.BatchNorm`` (normalize with the batch's own statistics) as the first half.
+    :class:`EstimatedBatchNorm` then :class:`ChannelNorm` (see their equations), as submodules named
+    ``batch_norm`` and ``channel_norm``.
+
+    Args:
+      num_groups: the channel norm's groups.
+      estimate: True: :class:`EstimatedBatchNorm`; False: Flax's ordinary ``nn.BatchNorm`` (normalize with
+        the batch's own statistics).
+      use_running_average: True: evaluation; False: training. Or pass it to the call.
+      momentum: the batch norm's momentum, in Flax's sense (PyTorch's 0.1 is 0.9).
+      epsilon: added to every variance.
+      dtype: the output dtype.
+      param_dtype: the parameters' dtype.
+      axis_name: the batch norm's mapped axis (synced statistics); None: per device.
+      axis_index_groups: as for ``lax.pmean``.
     """
 
     num_groups: int = 32
@@ -138,6 +220,18 @@ class BatchChannelNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """The batch norm, then the channel norm.
+
+        Args:
+          x: ``(batch, *spatial, C)``.
+          use_running_average: overrides the field of the same name.
+
+        Returns:
+          The shape of ``x``.
+
+        Raises:
+          ValueError: ``C`` not divisible by ``num_groups``.
+        """
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )

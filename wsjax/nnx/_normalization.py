@@ -1,4 +1,4 @@
-"""Flax NNX mirrors of :mod:`wsjax.normalization` (same maths via :mod:`wsjax.norm_math`, same names).
+"""Flax NNX mirrors of the normalizations of :mod:`wsjax` (the same arithmetic, the same names).
 
 Running statistics are ``nnx.BatchStat`` variables ``mean`` / ``var``; ``model.train()`` / ``model.eval()``
 toggle ``use_running_average`` as for ``nnx.BatchNorm``.
@@ -13,8 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from wsjax import norm_math
-from wsjax.dtypes import output_dtype
+from wsjax import _norm_math as norm_math
+from wsjax._dtypes import output_dtype
 
 
 def _affine_params(
@@ -30,7 +30,31 @@ def _value(variable: nnx.Variable | None) -> jax.Array | None:
 
 
 class EstimatedBatchNorm(nnx.Module):
-    """Batch norm that first updates its running statistics from the batch, then normalizes with them."""
+    r"""Batch norm that first updates its running statistics from the batch, then normalizes with them.
+
+    .. math::
+
+       \hat\mu \leftarrow m \hat\mu + (1 - m) \, \mathrm{E}_B[x], \quad
+       \hat\sigma^2 \leftarrow m \hat\sigma^2 + (1 - m) \, \mathrm{Var}_B[x], \quad
+       y = \gamma \, \frac{x - \hat\mu}{\sqrt{\hat\sigma^2 + \epsilon}} + \beta
+
+    as :class:`wsjax.EstimatedBatchNorm`; :math:`\hat\mu, \hat\sigma^2` are the ``nnx.BatchStat`` ``mean``
+    and ``var``.
+
+    Args:
+      num_features: the features along ``axis``.
+      use_running_average: True: evaluation (no update); ``model.eval()`` / ``model.train()`` set it.
+      axis: the feature axis.
+      momentum: :math:`m`, in Flax's sense (PyTorch's 0.1 is 0.9).
+      epsilon: :math:`\epsilon`.
+      dtype: the output dtype; None: the promotion of the input's and ``param_dtype``.
+      param_dtype: the dtype of :math:`\gamma, \beta`.
+      use_bias: learn :math:`\beta`.
+      use_scale: learn :math:`\gamma`.
+      axis_name: average the batch statistics over this mapped axis; None: per device.
+      axis_index_groups: as for ``lax.pmean``.
+      rngs: accepted for symmetry with ``nnx.BatchNorm``; nothing is random.
+    """
 
     def __init__(
         self,
@@ -61,6 +85,15 @@ class EstimatedBatchNorm(nnx.Module):
         self.axis_index_groups = axis_index_groups
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """Updates the running statistics (in training), then normalizes ``x`` with them.
+
+        Args:
+          x: any shape, features along ``axis``.
+          use_running_average: overrides the attribute of the same name.
+
+        Returns:
+          ``y``, the shape of ``x``.
+        """
         use_running_average = nnx.module.first_from(
             use_running_average,
             self.use_running_average,
@@ -87,7 +120,26 @@ class EstimatedBatchNorm(nnx.Module):
 
 
 class ChannelNorm(nnx.Module):
-    """Group norm with per-group affine parameters. Input ``(batch, *spatial, C)``."""
+    r"""Group norm with per-group affine parameters, as :class:`wsjax.ChannelNorm`.
+
+    .. math::
+
+       z_{b,\ldots,c} = \gamma_g \, \frac{x_{b,\ldots,c} - \mu_{b,g}}{\sqrt{\sigma_{b,g}^2 + \epsilon}}
+       + \beta_g, \qquad c \in \text{group } g
+
+    Args:
+      num_features: the channels ``C``.
+      num_groups: the groups; must divide ``C``.
+      epsilon: :math:`\epsilon`.
+      dtype: the output dtype.
+      param_dtype: the dtype of :math:`\gamma, \beta` (each of shape ``(num_groups,)``).
+      use_bias: learn :math:`\beta`.
+      use_scale: learn :math:`\gamma`.
+      rngs: accepted for symmetry; nothing is random.
+
+    Raises:
+      ValueError: ``num_features`` not divisible by ``num_groups``.
+    """
 
     def __init__(
         self,
@@ -109,6 +161,7 @@ class ChannelNorm(nnx.Module):
         self.param_dtype = param_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalizes ``x`` (``(batch, *spatial, C)``) per example and group; returns its shape."""
         norm_math.check_groups(x.shape[-1], self.num_groups, "ChannelNorm")
         return norm_math.channel_normalize(
             x,
@@ -121,7 +174,27 @@ class ChannelNorm(nnx.Module):
 
 
 class BatchChannelNorm(nnx.Module):
-    """``ChannelNorm(BatchNorm(x))``; the batch norm is estimated unless ``estimate=False``."""
+    r""":math:`\mathrm{CN}(\mathrm{EBN}(x))`, as :class:`wsjax.BatchChannelNorm`.
+
+    The batch norm (attribute ``batch_norm``) is :class:`EstimatedBatchNorm` unless ``estimate=False``
+    (``nnx.BatchNorm``); the channel norm is the attribute ``channel_norm``.
+
+    Args:
+      num_features: the channels ``C``.
+      num_groups: the channel norm's groups.
+      estimate: estimated (True) or ordinary (False) batch norm.
+      use_running_average: True: evaluation.
+      momentum: the batch norm's momentum, in Flax's sense.
+      epsilon: added to every variance.
+      dtype: the output dtype.
+      param_dtype: the parameters' dtype.
+      axis_name: the batch norm's mapped axis; None: per device.
+      axis_index_groups: as for ``lax.pmean``.
+      rngs: passed to ``nnx.BatchNorm``; ``nnx.Rngs(0)`` if None.
+
+    Raises:
+      ValueError: ``num_features`` not divisible by ``num_groups``.
+    """
 
     def __init__(
         self,
@@ -156,4 +229,5 @@ class BatchChannelNorm(nnx.Module):
         )
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """The batch norm, then the channel norm; returns the shape of ``x``."""
         return self.channel_norm(self.batch_norm(x, use_running_average=use_running_average))

@@ -12,7 +12,7 @@ import flax
 import flax.linen as nn
 import jax
 
-from wsjax.layers import is_standardized
+from wsjax._layers import is_standardized
 
 Variables = Any
 
@@ -20,7 +20,12 @@ Variables = Any
 def fold_weight_standardization(
     model: nn.Module, variables: Variables, *args: Any, **kwargs: Any
 ) -> Variables:
-    """Returns ``variables`` with every WS layer's kernel replaced by the kernel it computes with.
+    r"""Returns ``variables`` with every WS layer's kernel replaced by the kernel it computes with.
+
+    .. math::
+
+       w \leftarrow \hat w = \texttt{standardization.kernel}(w)
+       \quad\text{(a ScaledWSConv: } g \text{ folded in)}
 
     The model is traced once (shapes only, with ``jax.eval_shape``) on ``*args, **kwargs`` to find its WS
     layers; a ``ScaledWSConv``'s ``gain`` is folded into its kernel and dropped. The result feeds the same
