@@ -11,7 +11,7 @@ import time
 import pytest
 
 from experiments.configs import default
-from experiments.cpu_devices import fake_cpu_env
+from experiments.cpu_backend import fake_cpu_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_TFDS = REPO.parent / "shared" / "tensorflow_datasets"

@@ -1,0 +1,7 @@
+"""The errors a user can fix: the command line prints them as one line, every other error as a traceback."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work (unknown name, batch that does not divide, ...); the message names the fix."""
