@@ -67,18 +67,22 @@ def backend_started() -> bool:
     return bool(started and started())
 
 
-def expected_platform(environ: Mapping[str, str] = os.environ) -> str | None:
+def expected_platform(platforms: str | None = None) -> str | None:
     """The platform of JAX's default backend, known without starting it where possible.
 
-    Started: the backend's. Else the first of ``JAX_PLATFORMS`` (or ``jax.config.jax_platforms``) if set.
-    Else ``'cpu'`` when no GPU/TPU plugin is installed; None when one is (only starting JAX would tell
-    whether it finds its accelerator).
+    Started: the backend's. Else the first of ``platforms`` if any is named. Else ``'cpu'`` when no GPU/TPU
+    plugin is installed; None when one is (only starting JAX would tell whether it finds its accelerator).
+
+    Args:
+      platforms: JAX's platform list, e.g. ``'cuda,cpu'``; None: ``jax.config.jax_platforms`` (which
+        ``JAX_PLATFORMS`` sets).
     """
     import jax
 
     if backend_started():
         return jax.default_backend()
-    platforms = jax.config.jax_platforms or environ.get("JAX_PLATFORMS", "")
+    if platforms is None:
+        platforms = jax.config.jax_platforms or ""
     if platforms:
         return platforms.split(",")[0].strip().lower()
     return None if _accelerator_plugin_installed() else "cpu"
@@ -109,7 +113,7 @@ def configure(environ: MutableMapping[str, str] = os.environ, platform: str | No
     if backend_started():
         return  # XLA read its flags already; changing them now would only mislead run_info.json
     flags = environ.get("XLA_FLAGS", "")
-    wanted = with_cpu_settings(flags, platform or expected_platform(environ))
+    wanted = with_cpu_settings(flags, platform or expected_platform())
     if wanted != flags:
         environ["XLA_FLAGS"] = wanted
 

@@ -12,7 +12,7 @@ the last device's program waiting until the collective times out. :func:`plan` t
 work as vmapped replicas on one device (``replicas_per_device`` times the local device count), which needs no
 in-process collective and is the same maths: each replica keeps its own batch, batch statistics and
 gradient, draws the same examples in the same order (replicas are numbered device-major either way), and the
-gradient is averaged over all of them (tested in test_train_step.py and test_train.py). Accelerators, and one
+gradient is averaged over all of them (tested in test_train_step.py and test_placement.py). Accelerators, and one
 CPU device per process, are used as they are.
 """
 

@@ -9,8 +9,8 @@ over all replicas). That emulates the paper's many-device setting on one CPU or 
 Each replica draws its own batch from its in-memory shard (see ``data.py``), so the data order is a pure
 function of ``(rng, step, replica)`` (the streams are in ``rng.py``). Gradients are averaged over replicas (a
 mean over the vmapped axis, then ``lax.pmean`` over devices); batch-norm statistics are per replica unless the
-model was built with ``axis_name=STATS_AXES`` (then over every replica of every device, the global batch); the
-running averages are averaged after every step so every replica keeps the same.
+model was built with ``axis_name=AXIS`` and ``StepConfig.pool_replicas`` is set (``sync_batch_stats``: over the
+global batch); the running averages are averaged after every step so every replica keeps the same.
 """
 
 from __future__ import annotations
@@ -34,10 +34,7 @@ from jax.sharding import PartitionSpec as P
 from experiments import augment
 from experiments import rng as rng_streams
 
-AXIS = "batch"  # the mesh axis: devices
-# The vmapped axis of a device's replicas. Synced batch statistics average over both (``STATS_AXES``).
-REPLICA_AXIS = "replica"
-STATS_AXES = (AXIS, REPLICA_AXIS)
+AXIS = "batch"
 
 
 class TrainState(train_state.TrainState):
@@ -59,6 +56,9 @@ class StepConfig:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     replicas_per_device: int = 1
+    # Batch statistics synced over all replicas (a model built with axis_name=AXIS): a device's replicas run
+    # as one batch (see _pooled_gradient).
+    pool_replicas: bool = False
 
     @classmethod
     def from_config(
@@ -72,6 +72,7 @@ class StepConfig:
             mean=tuple(config.normalize_mean),
             std=tuple(config.normalize_std),
             replicas_per_device=config.replicas_per_device,
+            pool_replicas=config.sync_batch_stats,
         )
 
 
@@ -114,11 +115,8 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _replica_gradient(
-    state: TrainState, params, images: jax.Array, labels: jax.Array, replica: jax.Array, cfg
-):
-    """One replica's step up to its gradient: draw its batch, augment, loss, backward. No averaging."""
-    x, batch_labels = draw_batch(state.rng, state.step, images, labels, cfg, replica)
+def _gradient(state: TrainState, params, x: jax.Array, batch_labels: jax.Array):
+    """Loss, gradient, updated batch statistics and metrics of one batch. No averaging."""
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -137,6 +135,27 @@ def _replica_gradient(
     return grads, batch_stats, {"loss": loss, "accuracy": accuracy}
 
 
+def _replica_gradient(
+    state: TrainState, params, images: jax.Array, labels: jax.Array, replica: jax.Array, cfg
+):
+    """One replica's step up to its gradient: draw its batch, augment, loss, backward. No averaging."""
+    x, batch_labels = draw_batch(state.rng, state.step, images, labels, cfg, replica)
+    return _gradient(state, params, x, batch_labels)
+
+
+def _pooled_gradient(state: TrainState, params, images: jax.Array, labels: jax.Array, cfg):
+    """A device's replicas as one batch, each replica's part drawn as that replica draws it.
+
+    With batch statistics synced over all replicas every replica normalizes alike, so the mean loss over the
+    pooled batch is the mean of the replicas' losses (their batches are equal in size) and its gradient their
+    mean gradient: the same maths as vmapped replicas, which cannot average statistics over their vmapped axis
+    and the devices' axis in one collective inside ``shard_map``.
+    """
+    draw = jax.vmap(lambda im, lb, r: draw_batch(state.rng, state.step, im, lb, cfg, r))
+    x, batch_labels = draw(images, labels, replica_ids(cfg.replicas_per_device))
+    return _gradient(state, params, x.reshape(-1, *x.shape[2:]), batch_labels.reshape(-1))
+
+
 def _mean_over_replicas(tree):
     """Mean over this device's replicas (the vmapped leading axis), then over devices: the global mean."""
     return lax.pmean(jax.tree.map(lambda a: jnp.mean(a, axis=0), tree), AXIS)
@@ -150,17 +169,19 @@ def _per_device_train_step(
     # replica's own (for replicated parameters shard_map's autodiff would sum it over devices); then
     # average over all replicas, as pmap-era data parallelism does.
     local_params = lax.pcast(state.params, AXIS, to="varying")
-    per_replica = jax.vmap(
-        functools.partial(_replica_gradient, cfg=cfg),
-        in_axes=(None, None, 0, 0, 0),
-        axis_name=REPLICA_AXIS,
-    )
-    grads, batch_stats, metrics = per_replica(
-        state, local_params, images, labels, replica_ids(cfg.replicas_per_device)
-    )
-    # Without axis_name each replica updated its running statistics from its own micro-batch; averaging
-    # them keeps one model. (With axis_name they are already equal and this is a no-op.)
-    grads, batch_stats, metrics = _mean_over_replicas((grads, batch_stats, metrics))
+    if cfg.pool_replicas:
+        pooled = _pooled_gradient(state, local_params, images, labels, cfg)
+        grads, batch_stats, metrics = lax.pmean(pooled, AXIS)
+    else:
+        per_replica = jax.vmap(
+            functools.partial(_replica_gradient, cfg=cfg), in_axes=(None, None, 0, 0, 0)
+        )
+        grads, batch_stats, metrics = per_replica(
+            state, local_params, images, labels, replica_ids(cfg.replicas_per_device)
+        )
+        # Each replica updated its running statistics from its own micro-batch; averaging them keeps one
+        # model.
+        grads, batch_stats, metrics = _mean_over_replicas((grads, batch_stats, metrics))
     # optax mixes its int32 step count with floats (Adam's bias correction): allow that promotion here,
     # whatever the caller's (our tests run everything else under 'strict').
     with jax.numpy_dtype_promotion("standard"):

@@ -133,8 +133,9 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
         else config.num_epochs * steps_per_epoch
     )
 
-    stats_axes = steps.STATS_AXES if config.sync_batch_stats else None
-    model = model_factory.build_model(config, dataset.num_classes, stats_axes)
+    model = model_factory.build_model(
+        config, dataset.num_classes, steps.AXIS if config.sync_batch_stats else None
+    )
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
     with _config_errors():
         state = steps.create_train_state(
