@@ -4,4 +4,7 @@ from __future__ import annotations
 
 
 class ConfigError(ValueError):
-    """A setting that cannot work (unknown name, batch that does not divide, ...); the message names the fix."""
+    """A setting that cannot work (an unknown name, a batch that does not divide, ...).
+
+    The message names the setting and the fix.
+    """

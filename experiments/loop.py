@@ -55,7 +55,10 @@ class Preemption:
 
 
 def due(step: int, every: int, last: int) -> bool:
-    """Whether a periodic action (log, evaluation, checkpoint) follows ``step``: each ``every`` and at ``last``."""
+    """Whether a periodic action (log, evaluation, checkpoint) follows ``step``.
+
+    It does every ``every`` steps and after the ``last``.
+    """
     return step % every == 0 or step == last
 
 

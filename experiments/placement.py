@@ -12,8 +12,9 @@ the last device's program waiting until the collective times out. :func:`plan` t
 work as vmapped replicas on one device (``replicas_per_device`` times the local device count), which needs no
 in-process collective and is the same maths: each replica keeps its own batch, batch statistics and
 gradient, draws the same examples in the same order (replicas are numbered device-major either way), and the
-gradient is averaged over all of them (tested in test_train_step.py and test_placement.py). Accelerators, and one
-CPU device per process, are used as they are.
+gradient is averaged over all of them; with ``sync_batch_stats`` a device's replicas are pooled into one batch
+(``steps.StepConfig.pool_replicas``). Tested in test_train_step.py and test_placement.py. Accelerators, and
+one CPU device per process, are used as they are.
 """
 
 from __future__ import annotations

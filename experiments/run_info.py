@@ -46,7 +46,7 @@ class RunInfo:
             self.update(resumed_from_step or 0)
 
     def update(self, step: int, **fields: Any) -> None:
-        """Records that this segment reached ``step`` (with ``fields``, e.g. final metrics) and rewrites the file."""
+        """Records that this segment reached ``step``, with ``fields`` (final metrics), and rewrites the file."""
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self._started

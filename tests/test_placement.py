@@ -63,8 +63,9 @@ ARGS = [
 
 @pytest.mark.slow
 def test_four_fake_cpu_devices_equal_one_device_with_four_replicas(tmp_path):
-    """The command line with 4 fake CPU devices finishes (it used to abort in XLA:CPU's all-reduce) and ends
-    bitwise where 1 device × 4 replicas does: the same batches, statistics and gradients, in the same order."""
+    """The command line with 4 fake CPU devices finishes (it used to abort in XLA:CPU's all-reduce) and
+    ends bitwise where 1 device × 4 replicas does: the same batches, statistics and gradients, in the same
+    order."""
     four = run_cli([*ARGS, f"--workdir={tmp_path / 'four'}"], devices=4)
     assert four.returncode == 0, four.stderr[-3000:]
     assert "running this process's 4 CPU devices as 4 vmapped replicas" in four.stderr
