@@ -36,9 +36,8 @@ def test_evaluation_covers_the_whole_test_split():
     assert dataset.test.per_replica % 8 == 0
     labels, mask = np.asarray(dataset.test.labels), np.asarray(dataset.test.mask)
     _, synthetic_labels = data._synthetic("test", 10, (32, 32, 3), 509)
-    np.testing.assert_array_equal(
-        labels[mask == 1], synthetic_labels
-    )  # every example once, in order
+    # Every example once, in order.
+    np.testing.assert_array_equal(labels[mask == 1], synthetic_labels)
 
 
 def test_same_seed_same_metrics(tmp_path):
