@@ -5,8 +5,9 @@
     python -m experiments.benchmark --torch_python=.venv-torch/bin/python   # + the PyTorch reference
 
 Compilation is excluded, every timing waits for the device (``block_until_ready``), and each figure is the
-median of several repeats with its min-max. Prints a table and writes JSON with the machine, the device, the
-JAX/Flax versions and the commit under ``experiments/results/benchmarks/``.
+median of several repeats with its min-max. Prints one line per case on stderr as it goes (a full run takes
+minutes), then a table, and writes JSON with the machine, the device, the JAX/Flax versions and the commit to
+``experiments/results/benchmarks/DATE_TIME_DEVICE_COMMIT.json`` (a second run never overwrites the first).
 """
 
 from __future__ import annotations
@@ -17,15 +18,45 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from experiments import provenance, steps, xla_cpu
+from experiments import cpu_backend, provenance, steps
 from experiments.bench import cases
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "benchmarks"
+
+
+class _Progress:
+    """Runs the cases one by one, with a line on stderr as each starts and ends (elapsed time)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def __call__(self, name: str, case: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self._say(f"[{self.done + 1}/{self.total}] {name} ...")
+        start = time.perf_counter()
+        result = case(*args, **kwargs)
+        self.done += 1
+        self._say(f"[{self.done}/{self.total}] {name}: {time.perf_counter() - start:.1f} s")
+        return result
+
+    def _say(self, message: str) -> None:
+        minutes, seconds = divmod(int(time.perf_counter() - self.started), 60)
+        print(f"{minutes:3d}:{seconds:02d} {message}", file=sys.stderr, flush=True)
+
+
+def _file_name(results: dict, tiny: bool) -> str:
+    """``DATE_TIME_DEVICE_COMMIT[_tiny].json``: unique per run and commit."""
+    commit = results["machine"]["commit"]
+    short = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+    kind = results["machine"]["device_kind"].replace(" ", "_")
+    return f"{results['started']}_{kind}_{short}{'_tiny' if tiny else ''}.json"
 
 
 def run(
@@ -36,7 +67,9 @@ def run(
     out_dir: pathlib.Path,
     torch_python: str | None = None,
 ):
+    cpu_backend.configure()  # before JAX's backend starts (as training does); nothing on GPU/TPU
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))  # one device: the paper's per-GPU view
+    cpu_backend.verify()  # warns once if XLA:CPU started without the settings
     setup = cases.Setup(
         model="vgg_tiny" if tiny else "vgg16",
         image_shape=(32, 32, 3),
@@ -44,28 +77,46 @@ def run(
         calls=1 if tiny else calls,
         mesh=mesh,
     )
+    now = datetime.datetime.now()
     results: dict = {
         "machine": provenance.describe_machine(),
-        "date": datetime.date.today().isoformat(),
+        "date": now.date().isoformat(),
+        "started": now.strftime("%Y-%m-%d_%H%M%S"),
         "tiny": tiny,
     }
-    results["ws_overhead"] = [cases.ws_overhead(setup, b) for b in batches]
+    case = _Progress(len(batches) + 5 + bool(torch_python))
+    results["ws_overhead"] = [
+        case(f"WS overhead, batch {b}", cases.ws_overhead, setup, b) for b in batches
+    ]
     large = max(batches)
     results["throughput"] = [
-        cases.time_train_step(setup, large, conv="ws", norm="bcn", dtype=dtype)
+        case(
+            f"throughput {dtype}, batch {large}",
+            cases.time_train_step,
+            setup,
+            large,
+            conv="ws",
+            norm="bcn",
+            dtype=dtype,
+        )
         for dtype in ("float32", "bfloat16")
     ]
-    results["input_pipeline"] = cases.input_pipeline(
-        setup, large, results["throughput"][0]["images_per_s"]
+    results["input_pipeline"] = case(
+        "input pipeline",
+        cases.input_pipeline,
+        setup,
+        large,
+        results["throughput"][0]["images_per_s"],
     )
-    results["inference"] = cases.inference(setup, large)
-    results["small_map_conv"] = cases.small_map_conv(setup, large)
+    results["inference"] = case("inference, folded vs WS", cases.inference, setup, large)
+    results["small_map_conv"] = case("small-map convolution", cases.small_map_conv, setup, large)
     if torch_python:
-        results["torch_reference"] = torch_reference(torch_python, batches, setup, results)
+        results["torch_reference"] = case(
+            "PyTorch reference", torch_reference, torch_python, batches, setup, results
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    kind = results["machine"]["device_kind"].replace(" ", "_")
-    path = out_dir / f"{results['date']}_{kind}{'_tiny' if tiny else ''}.json"
+    path = out_dir / _file_name(results, tiny)
     path.write_text(json.dumps(results, indent=2))
     print(format_table(results))
     print(f"\nwritten to {path}", file=sys.stderr)
@@ -135,7 +186,7 @@ def format_table(r: dict) -> str:
     )
     c = r["small_map_conv"]
     lines.append(
-        f"| train step, batch {c['per_device_batch']}: lax convs / wsjax.conv_general_dilated | {c['speedup']:.2f}x "
+        f"| train step, batch {c['per_device_batch']}: lax convs / wsjax.cpu.conv_general_dilated | {c['speedup']:.2f}x "
         f"faster with ours ({_range(c['auto_step_s'])} vs {_range(c['xla_step_s'])}) |"
     )
     for t in r.get("torch_reference", {}).get("results", []):
@@ -152,7 +203,6 @@ def main(argv: list[str]) -> None:
 
     del argv
     FLAGS = flags.FLAGS
-    xla_cpu.use_xla_convolutions_on_cpu()  # before JAX's backend starts
     run(
         FLAGS.tiny,
         [int(b) for b in FLAGS.batches],

@@ -47,6 +47,9 @@ class Checkpoints:
     def restore_latest(self, target: Any) -> tuple[Any, int | None, list[str]]:
         """Restores the newest checkpoint that reads back, shaped and sharded like ``target``.
 
+        A checkpoint whose files are damaged (:func:`is_damage`) is moved to ``unreadable_checkpoints/`` and
+        the previous one is tried.
+
         Returns:
           ``(state, step, skipped)``: ``step`` None when there is no checkpoint, ``skipped`` a message per
           newer checkpoint that could not be read.
@@ -54,6 +57,8 @@ class Checkpoints:
         Raises:
           CheckpointMismatchError: the newest checkpoint reads but does not match ``target``'s structure
             or shapes (another model or config in this workdir).
+          Exception: any error that does not prove the checkpoint damaged (an I/O error, a permission, a
+            bug), as raised: the checkpoint stays where it is for the rerun.
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         skipped = []
@@ -64,7 +69,11 @@ class Checkpoints:
                 return state, step, skipped
             except CheckpointMismatchError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back to the previous one
+            except Exception as e:
+                if not is_damage(
+                    e
+                ):  # e.g. an I/O error or a permission: the checkpoint may be fine
+                    raise
                 moved = self._quarantine(step)
                 message = (
                     f"checkpoint {step} is unreadable ({type(e).__name__}: {str(e)[:160]}); skipped it "
@@ -105,6 +114,46 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+# Words of errors that say nothing about the checkpoint's files: the storage, the permissions or the machine
+# (tensorstore reports them as a ValueError with its status code first, e.g. "PERMISSION_DENIED: ...").
+_NOT_DAMAGE = (
+    "PERMISSION_DENIED",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "ABORTED",
+    "CANCELLED",
+    "UNAUTHENTICATED",
+    "Input/output error",
+    "Permission denied",
+    "No space left",
+    "Too many open files",
+    "Stale file handle",
+)
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether ``error``, raised by reading a checkpoint, proves its files missing, truncated or corrupt.
+
+    True for a missing file (``FileNotFoundError``) and for content that does not parse: ``ValueError``,
+    which covers JSON and UTF-8 decoding and tensorstore's ``NOT_FOUND``, ``OUT_OF_RANGE`` and corrupt-data
+    errors. False for anything else, and for any error whose chain holds an ``OSError`` other than a
+    missing file (``EIO``, ``PermissionError``, ...) or names a transient condition (:data:`_NOT_DAMAGE`).
+    """
+    chain, seen = [], set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    for link in chain:
+        if isinstance(link, OSError) and not isinstance(link, FileNotFoundError):
+            return False
+        if any(word in str(link) for word in _NOT_DAMAGE):
+            return False
+    return isinstance(error, (FileNotFoundError, ValueError))
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

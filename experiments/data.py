@@ -21,6 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from experiments.steps import AXIS
+
 SYNTHETIC = "synthetic"
 
 
@@ -179,7 +181,7 @@ def _place(
         local_images.append(padded_images)
         local_labels.append(padded_labels)
         local_mask.append((np.arange(pad_to) < n).astype(np.float32))
-    sharding = NamedSharding(mesh, P("batch"))
+    sharding = NamedSharding(mesh, P(AXIS))
 
     def global_array(local: list[np.ndarray]) -> jax.Array:
         stacked = np.stack(local)

@@ -6,6 +6,8 @@ import jax
 import ml_collections
 import optax
 
+from experiments.errors import ConfigError
+
 
 def learning_rate_schedule(
     config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
@@ -26,7 +28,7 @@ def learning_rate_schedule(
         return optax.warmup_cosine_decay_schedule(
             0.0, config.learning_rate, warmup, max(total_steps, warmup + 1), end_value=0.0
         )
-    raise ValueError(f"unknown schedule {config.schedule!r}; choose 'constant' or 'cosine'.")
+    raise ConfigError(f"unknown schedule {config.schedule!r}; choose 'constant' or 'cosine'.")
 
 
 def _decay_mask(params):
@@ -50,4 +52,4 @@ def make_optimizer(
             optax.add_decayed_weights(config.weight_decay, _decay_mask),
             optax.sgd(schedule, momentum=config.momentum, nesterov=True),
         )
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'adam', 'adamw' or 'sgd'.")
+    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose 'adam', 'adamw' or 'sgd'.")

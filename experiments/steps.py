@@ -3,15 +3,14 @@
 A *replica* is what the paper calls a device: it holds a micro-batch, computes its own batch statistics and
 its own gradient. Normally there is one replica per device; ``replicas_per_device = r > 1`` runs r replicas on
 each device with ``jax.vmap`` (the same maths as r more devices: per-replica statistics, gradients averaged
-over all replicas). That emulates the paper's many-device setting on one CPU or GPU. (Emulating it with fake
-XLA:CPU devices instead deadlocks in XLA:CPU's in-process all-reduce after some hundred steps; see
-``cpu_devices.py``.)
+over all replicas). That emulates the paper's many-device setting on one CPU or GPU, and is how
+``train_and_evaluate`` runs several fake CPU devices (see ``placement.py``).
 
 Each replica draws its own batch from its in-memory shard (see ``data.py``), so the data order is a pure
-function of ``(rng, step, replica)``. Gradients are averaged over replicas (a mean over the vmapped axis, then
-``lax.pmean`` over devices); batch-norm statistics are per replica unless the model was built with
-``axis_name=AXIS`` (one replica per device only); the running averages are averaged after every step so every
-replica keeps the same.
+function of ``(rng, step, replica)`` (the streams are in ``rng.py``). Gradients are averaged over replicas (a
+mean over the vmapped axis, then ``lax.pmean`` over devices); batch-norm statistics are per replica unless the
+model was built with ``axis_name=AXIS`` and ``StepConfig.pool_replicas`` is set (``sync_batch_stats``: over the
+global batch); the running averages are averaged after every step so every replica keeps the same.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from experiments import augment
+from experiments import rng as rng_streams
 
 AXIS = "batch"
 
@@ -41,9 +41,8 @@ class TrainState(train_state.TrainState):
     """Step, params, optimizer state, plus running batch statistics and the run's base RNG key."""
 
     batch_stats: Any = struct.field(default_factory=dict)
-    rng: jax.Array = struct.field(
-        default=None
-    )  # raw uint32 key: data order and augmentation derive from it
+    # A raw uint32 key: the data order and the augmentation derive from it (see rng.py).
+    rng: jax.Array = struct.field(default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,19 +56,23 @@ class StepConfig:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     replicas_per_device: int = 1
+    # Batch statistics synced over all replicas (a model built with axis_name=AXIS): a device's replicas run
+    # as one batch (see _pooled_gradient).
+    pool_replicas: bool = False
 
     @classmethod
     def from_config(
         cls, config: ml_collections.ConfigDict, per_replica_batch: int, steps_per_epoch: int
     ):
         return cls(
-            per_replica_batch,
-            steps_per_epoch,
-            config.crop_padding,
-            config.horizontal_flip,
-            tuple(config.normalize_mean),
-            tuple(config.normalize_std),
-            config.replicas_per_device,
+            per_replica_batch=per_replica_batch,
+            steps_per_epoch=steps_per_epoch,
+            crop_padding=config.crop_padding,
+            flip=config.horizontal_flip,
+            mean=tuple(config.normalize_mean),
+            std=tuple(config.normalize_std),
+            replicas_per_device=config.replicas_per_device,
+            pool_replicas=config.sync_batch_stats,
         )
 
 
@@ -78,11 +81,29 @@ def batch_indices(
 ) -> jax.Array:
     """Replica ``replica``'s example indices at ``step``: a fresh permutation of its shard every epoch."""
     epoch, position = step // cfg.steps_per_epoch, step % cfg.steps_per_epoch
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(rng, 0), epoch), replica)
-    permutation = jax.random.permutation(key, shard_len)
+    permutation = jax.random.permutation(rng_streams.data_order_key(rng, epoch, replica), shard_len)
     return lax.dynamic_slice(
         permutation, (position * cfg.per_replica_batch,), (cfg.per_replica_batch,)
     )
+
+
+def draw_batch(
+    rng: jax.Array,
+    step: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    cfg: StepConfig,
+    replica: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Replica ``replica``'s training batch at ``step`` from its shard ``images``/``labels``.
+
+    Returns:
+      ``(x, labels)``: the batch augmented and normalized (float32), and its labels.
+    """
+    indices = batch_indices(rng, step, images.shape[0], cfg, replica)
+    key = rng_streams.augmentation_key(rng, step, replica)
+    x = augment.augment(key, images[indices], cfg.crop_padding, cfg.flip)
+    return augment.normalize(x, cfg.mean, cfg.std), labels[indices]
 
 
 def replica_ids(replicas_per_device: int) -> jax.Array:
@@ -94,18 +115,8 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _replica_gradient(
-    state: TrainState, params, images: jax.Array, labels: jax.Array, replica: jax.Array, cfg
-):
-    """One replica's step up to its gradient: draw its batch, augment, loss, backward. No averaging."""
-    indices = batch_indices(state.rng, state.step, images.shape[0], cfg, replica)
-    batch_images, batch_labels = images[indices], labels[indices]
-    aug_key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step), replica
-    )
-    x = augment.normalize(
-        augment.augment(aug_key, batch_images, cfg.crop_padding, cfg.flip), cfg.mean, cfg.std
-    )
+def _gradient(state: TrainState, params, x: jax.Array, batch_labels: jax.Array):
+    """Loss, gradient, updated batch statistics and metrics of one batch. No averaging."""
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -124,6 +135,27 @@ def _replica_gradient(
     return grads, batch_stats, {"loss": loss, "accuracy": accuracy}
 
 
+def _replica_gradient(
+    state: TrainState, params, images: jax.Array, labels: jax.Array, replica: jax.Array, cfg
+):
+    """One replica's step up to its gradient: draw its batch, augment, loss, backward. No averaging."""
+    x, batch_labels = draw_batch(state.rng, state.step, images, labels, cfg, replica)
+    return _gradient(state, params, x, batch_labels)
+
+
+def _pooled_gradient(state: TrainState, params, images: jax.Array, labels: jax.Array, cfg):
+    """A device's replicas as one batch, each replica's part drawn as that replica draws it.
+
+    With batch statistics synced over all replicas every replica normalizes alike, so the mean loss over the
+    pooled batch is the mean of the replicas' losses (their batches are equal in size) and its gradient their
+    mean gradient: the same maths as vmapped replicas, which cannot average statistics over their vmapped axis
+    and the devices' axis in one collective inside ``shard_map``.
+    """
+    draw = jax.vmap(lambda im, lb, r: draw_batch(state.rng, state.step, im, lb, cfg, r))
+    x, batch_labels = draw(images, labels, replica_ids(cfg.replicas_per_device))
+    return _gradient(state, params, x.reshape(-1, *x.shape[2:]), batch_labels.reshape(-1))
+
+
 def _mean_over_replicas(tree):
     """Mean over this device's replicas (the vmapped leading axis), then over devices: the global mean."""
     return lax.pmean(jax.tree.map(lambda a: jnp.mean(a, axis=0), tree), AXIS)
@@ -137,15 +169,19 @@ def _per_device_train_step(
     # replica's own (for replicated parameters shard_map's autodiff would sum it over devices); then
     # average over all replicas, as pmap-era data parallelism does.
     local_params = lax.pcast(state.params, AXIS, to="varying")
-    per_replica = jax.vmap(
-        functools.partial(_replica_gradient, cfg=cfg), in_axes=(None, None, 0, 0, 0)
-    )
-    grads, batch_stats, metrics = per_replica(
-        state, local_params, images, labels, replica_ids(cfg.replicas_per_device)
-    )
-    # Without axis_name each replica updated its running statistics from its own micro-batch; averaging
-    # them keeps one model. (With axis_name they are already equal and this is a no-op.)
-    grads, batch_stats, metrics = _mean_over_replicas((grads, batch_stats, metrics))
+    if cfg.pool_replicas:
+        pooled = _pooled_gradient(state, local_params, images, labels, cfg)
+        grads, batch_stats, metrics = lax.pmean(pooled, AXIS)
+    else:
+        per_replica = jax.vmap(
+            functools.partial(_replica_gradient, cfg=cfg), in_axes=(None, None, 0, 0, 0)
+        )
+        grads, batch_stats, metrics = per_replica(
+            state, local_params, images, labels, replica_ids(cfg.replicas_per_device)
+        )
+        # Each replica updated its running statistics from its own micro-batch; averaging them keeps one
+        # model.
+        grads, batch_stats, metrics = _mean_over_replicas((grads, batch_stats, metrics))
     # optax mixes its int32 step count with floats (Adam's bias correction): allow that promotion here,
     # whatever the caller's (our tests run everything else under 'strict').
     with jax.numpy_dtype_promotion("standard"):
@@ -213,7 +249,7 @@ def create_train_state(
     """Initializes parameters and statistics from ``seed`` (identically on every process)."""
     rng = jax.random.PRNGKey(seed)
     variables = model.init(
-        jax.random.fold_in(rng, 2), jnp.zeros((1, *image_shape), jnp.float32), train=False
+        rng_streams.init_key(rng), jnp.zeros((1, *image_shape), jnp.float32), train=False
     )
     return TrainState.create(
         apply_fn=model.apply,

@@ -8,143 +8,122 @@ checkpoint of the current step and exits cleanly.
 
 from __future__ import annotations
 
-import json
-import logging
-import math
+import contextlib
+import dataclasses
 import pathlib
-import signal
 import sys
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import data, model_factory, optim, provenance, steps, xla_cpu
-from experiments.checkpoints import Checkpoints
+from experiments import cpu_backend, data, model_factory, optim, placement, steps
+from experiments.checkpoints import CheckpointMismatchError, Checkpoints
+from experiments.errors import ConfigError
+from experiments.loop import NonFiniteError, Preemption, Run, run_loop
 from experiments.metrics import MetricsWriter
-from experiments.workdir import WorkdirLock, check_writable
-
-log = logging.getLogger(__name__)
-
-
-class NonFiniteError(FloatingPointError):
-    """Loss or gradients became NaN or inf."""
-
-
-class _Preemption:
-    """Records SIGTERM so the loop can checkpoint at a step boundary and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except (
-            ValueError
-        ):  # not the main thread (e.g. some notebook runners): no preemption handling
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+from experiments.profiling import StepProfiler
+from experiments.run_info import RunInfo
+from experiments.workdir import WorkdirBusyError, WorkdirLock, check_writable
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Clear errors for settings that cannot work, before any data is loaded."""
+    """Clear errors for settings that cannot work, before any data is loaded.
+
+    Raises:
+      ConfigError: the message names the setting and the fix.
+    """
     r = config.replicas_per_device
     if not isinstance(r, int) or r < 1:
-        raise ValueError(f"replicas_per_device must be a positive integer, got {r!r}.")
+        raise ConfigError(f"replicas_per_device must be a positive integer, got {r!r}.")
     if r > 1 and config.sync_batch_stats:
-        raise ValueError(
+        raise ConfigError(
             "sync_batch_stats=True needs replicas_per_device=1: batch statistics are synced over devices, "
             "and replicas on one device are meant to keep their own (the micro-batch setting)."
         )
     replicas = num_devices * r
     where = f"{num_devices} devices" + (f" × {r} replicas" if r > 1 else "")
     if config.global_batch_size <= 0 or config.global_batch_size % replicas:
-        raise ValueError(
+        raise ConfigError(
             f"global_batch_size={config.global_batch_size} does not divide evenly over {where}; "
             f"use a multiple of {replicas} (e.g. --config.global_batch_size="
             f"{max(1, round(config.global_batch_size / replicas)) * replicas})."
         )
     if config.eval_batch_size <= 0:
-        raise ValueError(f"eval_batch_size must be positive, got {config.eval_batch_size}.")
+        raise ConfigError(f"eval_batch_size must be positive, got {config.eval_batch_size}.")
+    if not isinstance(config.profile_steps, int) or config.profile_steps < 0:
+        raise ConfigError(
+            f"profile_steps must be 0 (off) or a step count, got {config.profile_steps!r}."
+        )
+
+
+@contextlib.contextmanager
+def _config_errors() -> Iterator[None]:
+    """Turns a ValueError from code that checks the config's values for us (TFDS's dataset names, the
+    library's group count) into a ConfigError: one line on the command line, not a traceback."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def _every(value: int, steps_per_epoch: int) -> int:
     return value if value > 0 else steps_per_epoch
 
 
-def _evaluate(
-    eval_step, state, split: data.ShardedSplit, per_replica_batch: int
-) -> dict[str, float]:
-    totals = None
-    for i in range(split.per_replica // per_replica_batch):
-        sums = eval_step(state, split.images, split.labels, split.mask, jnp.int32(i))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    return {
-        "loss": float(totals["loss"]) / float(totals["count"]),
-        "accuracy": float(totals["correct"]) / float(totals["count"]),
-    }
-
-
-def _check_finite(history: list[dict[str, float]], first_step: int) -> None:
-    for offset, m in enumerate(history):
-        if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
-            step = first_step + offset + 1
-            raise NonFiniteError(
-                f"non-finite loss, gradient or parameters at step {step} (loss={m['loss']}, "
-                f"grad_norm={m['grad_norm']}, param_norm={m['param_norm']}); "
-                f"stopped without checkpointing it. Lower the learning rate and rerun: the run resumes "
-                f"from the last good checkpoint."
-            )
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains ``config``'s model in ``workdir`` (resuming if it holds checkpoints).
+
+    On CPU, starts XLA with the experiments' settings (``cpu_backend``) if JAX has not started yet, and runs
+    several fake CPU devices as vmapped replicas on one (``placement``), saying so on stderr.
 
     Returns:
       The final test metrics ``{"step", "loss", "accuracy"}``.
     """
+    cpu_backend.configure()  # before JAX's backend starts; nothing on GPU/TPU
     workdir = pathlib.Path(workdir)
     num_devices = jax.device_count()
+    cpu_backend.verify()  # warns once if XLA:CPU started without the settings
     validate(config, num_devices)
     check_writable(workdir)
-    with WorkdirLock(workdir), _Preemption() as preemption:
-        return _train(config, workdir, num_devices, preemption)
+    with WorkdirLock(workdir), Preemption() as preemption:
+        run = _set_up(config, workdir)
+        try:
+            return run_loop(run, preemption)
+        finally:
+            run.close()
 
 
-def _train(
-    config, workdir: pathlib.Path, num_devices: int, preemption: _Preemption
-) -> dict[str, Any]:
+def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
+    """Devices, data, model, optimizer, compiled steps, and the state restored from the newest checkpoint."""
     is_main = jax.process_index() == 0
-    mesh = Mesh(np.array(jax.devices()), (steps.AXIS,))
-    num_replicas = num_devices * config.replicas_per_device
+    where = placement.plan(
+        jax.devices(), config.replicas_per_device, jax.default_backend(), jax.process_index()
+    )
+    if is_main and where.notice:
+        print(where.notice, file=sys.stderr)
+    mesh = Mesh(np.array(where.devices), (steps.AXIS,))
+    num_replicas = mesh.devices.size * where.replicas_per_device
     per_replica_batch = config.global_batch_size // num_replicas
     eval_per_replica = max(1, -(-config.eval_batch_size // num_replicas))
-    dataset = data.load(
-        config.dataset,
-        mesh,
-        config.data_dir,
-        config.download,
-        test_pad_multiple=eval_per_replica,
-        replicas_per_device=config.replicas_per_device,
-    )
+    with _config_errors():
+        dataset = data.load(
+            config.dataset,
+            mesh,
+            config.data_dir,
+            config.download,
+            test_pad_multiple=eval_per_replica,
+            replicas_per_device=where.replicas_per_device,
+        )
     steps_per_epoch = dataset.train.per_replica // per_replica_batch
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise ConfigError(
             f"each replica holds {dataset.train.per_replica} training examples, fewer than its batch of "
             f"{per_replica_batch}."
         )
@@ -158,9 +137,10 @@ def _train(
         config, dataset.num_classes, steps.AXIS if config.sync_batch_stats else None
     )
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
-    state = steps.create_train_state(
-        model, optim.make_optimizer(config, schedule), dataset.image_shape, config.seed
-    )
+    with _config_errors():
+        state = steps.create_train_state(
+            model, optim.make_optimizer(config, schedule), dataset.image_shape, config.seed
+        )
     state = jax.device_put(state, NamedSharding(mesh, P()))
 
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
@@ -175,92 +155,45 @@ def _train(
                 file=sys.stderr,
             )
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-        run_info = {**provenance.describe_machine(), "resumed_from_step": restored_step}
-        (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2))
-    run_started = time.perf_counter()
 
-    step_cfg = steps.StepConfig.from_config(config, per_replica_batch, steps_per_epoch)
-    train_step = steps.make_train_step(mesh, step_cfg)
-    eval_step = steps.make_eval_step(mesh, step_cfg, eval_per_replica)
-    writer = MetricsWriter(workdir, start_step)
-    log_every = max(1, config.log_every_steps)
-    eval_every = _every(config.eval_every_steps, steps_per_epoch)
-    ckpt_every = _every(config.checkpoint_every_steps, steps_per_epoch)
-
-    progress = None
-    if is_main and config.progress_bar:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(
-            total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
-        )
-
-    # Metrics not yet fetched: fetching every step would make the host wait for the device.
-    pending: list[dict[str, jax.Array]] = []
-    window_start, window_first_step = time.perf_counter(), start_step
-    test_metrics: dict[str, float] | None = None
-    try:
-        for step in range(start_step + 1, total_steps + 1):
-            state, metrics = train_step(state, dataset.train.images, dataset.train.labels)
-            pending.append(metrics)
-            stop = preemption.requested
-            at_eval = step % eval_every == 0 or step == total_steps
-            at_checkpoint = step % ckpt_every == 0 or step == total_steps or stop
-            # Fetch (and check for NaN) before anything evaluates or saves this state.
-            if step % log_every == 0 or at_eval or at_checkpoint:
-                history = jax.device_get(pending)
-                pending = []
-                _check_finite(history, window_first_step)
-                elapsed = time.perf_counter() - window_start
-                n = len(history)
-                summary = {
-                    "loss": float(np.mean([m["loss"] for m in history])),
-                    "accuracy": float(np.mean([m["accuracy"] for m in history])),
-                    "learning_rate": float(schedule(step - 1)),
-                    "images_per_sec": n * config.global_batch_size / elapsed,
-                    "step_time": elapsed / n,
-                }
-                if step % log_every == 0 or step == total_steps:
-                    writer.write(step, "train", summary)
-                if progress is not None:
-                    progress.update(step - progress.n)
-                    progress.set_postfix(
-                        loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.4f}"
-                    )
-                window_start, window_first_step = time.perf_counter(), step
-            if at_eval:
-                test_metrics = _evaluate(eval_step, state, dataset.test, eval_per_replica)
-                writer.write(step, "test", test_metrics)
-            if at_checkpoint:
-                checkpoints.save(step, state)
-            if stop:
-                if is_main:
-                    print(
-                        f"SIGTERM: saved checkpoint {step}; exiting. Rerun to resume.",
-                        file=sys.stderr,
-                    )
-                return {"step": step, "preempted": True}
-        if test_metrics is None:  # resumed at the very end
-            test_metrics = _evaluate(eval_step, state, dataset.test, eval_per_replica)
-    finally:
-        if progress is not None:
-            progress.close()
-        writer.close()
-        checkpoints.close()
-    if is_main:
-        run_info.update(
-            train_wall_time_s=time.perf_counter() - run_started,
-            final_step=total_steps,
-            final_test_accuracy=test_metrics["accuracy"],
-        )
-        (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2))
-        print(f"final test accuracy: {test_metrics['accuracy']:.4f}")
-    return {"step": total_steps, **test_metrics}
+    step_cfg = dataclasses.replace(
+        steps.StepConfig.from_config(config, per_replica_batch, steps_per_epoch),
+        replicas_per_device=where.replicas_per_device,
+    )
+    return Run(
+        config=config,
+        is_main=is_main,
+        dataset=dataset,
+        state=state,
+        start_step=start_step,
+        total_steps=total_steps,
+        schedule=schedule,
+        train_step=steps.make_train_step(mesh, step_cfg),
+        eval_step=steps.make_eval_step(mesh, step_cfg, eval_per_replica),
+        eval_per_replica=eval_per_replica,
+        log_every=max(1, config.log_every_steps),
+        eval_every=_every(config.eval_every_steps, steps_per_epoch),
+        checkpoint_every=_every(config.checkpoint_every_steps, steps_per_epoch),
+        checkpoints=checkpoints,
+        writer=MetricsWriter(workdir, start_step),
+        run_info=RunInfo(workdir, restored_step, enabled=is_main),
+        # From the segment's second step: the first compiles.
+        profiler=StepProfiler(
+            workdir / "profile", start_step + 2, config.profile_steps, enabled=is_main
+        ),
+    )
 
 
 # ---- command line: flags only ----------------------------------------------------------------------------
 
-USER_ERRORS = (ValueError, TypeError, KeyError, RuntimeError, PermissionError, FloatingPointError)
+# Errors the user can fix, printed as one line. Anything else is a bug or an environment failure: traceback.
+USER_ERRORS = (
+    ConfigError,
+    NonFiniteError,
+    WorkdirBusyError,
+    CheckpointMismatchError,
+    data.DatasetUnavailableError,
+)
 
 
 def main(argv: list[str]) -> None:
@@ -269,7 +202,6 @@ def main(argv: list[str]) -> None:
 
     del argv
     FLAGS = flags.FLAGS
-    xla_cpu.use_xla_convolutions_on_cpu()  # before JAX's backend starts
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax narrates every save at INFO
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -8,20 +8,26 @@ import pathlib
 
 import jax
 
+from experiments.errors import ConfigError
+
 
 class WorkdirBusyError(RuntimeError):
     """Another run holds the workdir."""
 
 
 def check_writable(workdir: pathlib.Path) -> None:
-    """Creates ``workdir`` if needed; a clear error if it cannot be written."""
+    """Creates ``workdir`` if needed.
+
+    Raises:
+      ConfigError: ``workdir`` cannot be created or written.
+    """
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / f".write_probe_{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise PermissionError(
+        raise ConfigError(
             f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir."
         ) from e
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from experiments.configs import default
-from experiments.cpu_devices import fake_cpu_env
+from experiments.cpu_backend import fake_cpu_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_TFDS = REPO.parent / "shared" / "tensorflow_datasets"
@@ -60,12 +60,14 @@ def cli_env(devices: int = 1) -> dict[str, str]:
     return fake_cpu_env(devices, base)
 
 
-def run_cli(args: list[str], devices: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs ``python -m experiments.train ARGS`` to completion."""
+def run_cli(
+    args: list[str], devices: int = 1, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Runs ``python -m experiments.train ARGS`` to completion (``env``: variables to add)."""
     return subprocess.run(
         [*TRAIN, *args],
         cwd=REPO,
-        env=cli_env(devices),
+        env={**cli_env(devices), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -9,9 +9,17 @@ from experiments import benchmark
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_benchmark_writes_every_section(tmp_path):
+def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     results, path = benchmark.run(tiny=True, batches=[2, 4], repeats=2, calls=1, out_dir=tmp_path)
     saved = json.loads(path.read_text())
+    # One line as each of the 7 cases starts and ends, with the time elapsed.
+    progress = [line for line in capsys.readouterr().err.splitlines() if "/7] " in line]
+    assert len(progress) == 14 and progress[-1].split()[1:3] == ["[7/7]", "small-map"], progress
+    commit = saved["machine"]["commit"][:12]
+    kind = saved["machine"]["device_kind"].replace(" ", "_")
+    assert path.name == f"{saved['started']}_{kind}_{commit}" + (
+        "-dirty_tiny.json" if saved["machine"]["commit"].endswith("-dirty") else "_tiny.json"
+    )
     assert (
         saved["machine"]["jax"] and saved["machine"]["commit"] and saved["machine"]["device_kind"]
     )
@@ -60,3 +68,10 @@ def test_torch_reference_is_the_same_network_as_ours():
     result = torch_reference.run([2], repeats=1, calls=1)["results"][0]
     assert result["ws"]["parameters"] == result["plain"]["parameters"] == 14_729_098
     assert result["ws_overhead"] > 0
+
+
+def test_result_files_of_two_runs_differ():
+    machine = {"commit": "0123456789abcdef-dirty", "device_kind": "NVIDIA H100"}
+    first = benchmark._file_name({"machine": machine, "started": "2026-11-28_101500"}, tiny=False)
+    second = benchmark._file_name({"machine": machine, "started": "2026-11-28_143000"}, tiny=False)
+    assert first == "2026-11-28_101500_NVIDIA_H100_0123456789ab-dirty.json" != second

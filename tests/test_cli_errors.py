@@ -1,8 +1,11 @@
 """Bad input on the command line: a clear one-line error that names the problem and the fix."""
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.helpers import FAULT_ARGS, run_cli
+from tests.helpers import FAULT_ARGS, REPO, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 BASE = [
@@ -58,7 +61,8 @@ def _error_line(result) -> str:
             1,
             "sync_batch_stats=True needs replicas_per_device=1",
         ),
-        (["--config.conv_impl=cudnn"], 1, "unknown conv_impl 'cudnn'; choose 'auto' or 'xla'"),
+        (["--config.conv_impl=cudnn"], 1, "unknown conv_impl 'cudnn'; choose one of auto, xla"),
+        (["--config.ws_preset=foo"], 1, "unknown ws_preset 'foo'; choose one of pytorch, "),
         (
             ["--config.ws_apply_to=weights"],
             1,
@@ -89,3 +93,32 @@ def test_checkpoint_from_a_different_model_shape(tmp_path):
         )
     )
     assert "does not fit this config" in line and "new --workdir" in line, line
+
+
+# The command line with a genuine bug planted in it (a KeyError where the model is built).
+WITH_A_BUG = """
+import runpy, sys
+from experiments import model_factory
+
+def build_model(*args):
+    return {}["a key the code forgot"]
+
+model_factory.build_model = build_model
+sys.argv = ["experiments.train", *sys.argv[1:]]
+runpy.run_module("experiments.train", run_name="__main__")
+"""
+
+
+def test_a_bug_shows_its_traceback(tmp_path):
+    """Only the user's mistakes are one line; a KeyError in our code must not pass for one."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITH_A_BUG, *BASE, f"--workdir={tmp_path}"],
+        cwd=REPO,
+        env=cli_env(1),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "KeyError: 'a key the code forgot'" in done.stderr
+    assert "error: 'a key the code forgot'" not in done.stderr

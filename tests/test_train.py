@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments import data, train
+from experiments import data, loop, train
+from experiments.errors import ConfigError
 from experiments.metrics import read_metrics
 from tests.helpers import SHARED_TFDS, needs_fashion_mnist, tiny_config
 
@@ -35,9 +36,8 @@ def test_evaluation_covers_the_whole_test_split():
     assert dataset.test.per_replica % 8 == 0
     labels, mask = np.asarray(dataset.test.labels), np.asarray(dataset.test.mask)
     _, synthetic_labels = data._synthetic("test", 10, (32, 32, 3), 509)
-    np.testing.assert_array_equal(
-        labels[mask == 1], synthetic_labels
-    )  # every example once, in order
+    # Every example once, in order.
+    np.testing.assert_array_equal(labels[mask == 1], synthetic_labels)
 
 
 def test_same_seed_same_metrics(tmp_path):
@@ -56,9 +56,44 @@ def test_rerun_resumes_and_matches_uninterrupted(tmp_path):
     assert resumed == full
 
 
+def test_run_info_sums_the_wall_time_of_resumed_segments(tmp_path):
+    train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path))
+    first = json.loads((tmp_path / "run_info.json").read_text())
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    one, two = info["segments"]
+    assert (one["resumed_from_step"], one["last_step"]) == (None, 2)
+    assert (two["resumed_from_step"], two["last_step"]) == (2, 4) == (info["resumed_from_step"], 4)
+    assert one["train_wall_time_s"] == first["train_wall_time_s"] > 0
+    assert info["train_wall_time_s"] == pytest.approx(
+        one["train_wall_time_s"] + two["train_wall_time_s"]
+    )
+    assert info["train_wall_time_s"] > two["train_wall_time_s"] > 0
+    # A fresh start (no checkpoint to resume from) forgets earlier segments.
+    train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path / "fresh"))
+    assert len(json.loads((tmp_path / "fresh" / "run_info.json").read_text())["segments"]) == 1
+
+
+def test_profile_steps_writes_a_trace(tmp_path, capsys):
+    train.train_and_evaluate(tiny_config(profile_steps=2), str(tmp_path))
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert f"profile of steps 2-3 written to {tmp_path / 'profile'}" in capsys.readouterr().err
+
+
+def test_due():
+    assert [s for s in range(1, 11) if loop.due(s, 4, last=10)] == [4, 8, 10]
+    assert [s for s in range(1, 4) if loop.due(s, 1, last=3)] == [1, 2, 3]
+
+
+def test_unknown_ws_preset_names_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match="unknown ws_preset 'foo'; choose one of pytorch, "):
+        train.train_and_evaluate(tiny_config(ws_preset="foo"), str(tmp_path))
+
+
 def test_global_batch_not_divisible_by_devices(tmp_path):
     with pytest.raises(
-        ValueError, match="does not divide evenly over 8 devices; use a multiple of 8"
+        ConfigError, match="does not divide evenly over 8 devices; use a multiple of 8"
     ):
         train.train_and_evaluate(tiny_config(global_batch_size=12), str(tmp_path))
 

@@ -43,6 +43,7 @@ def _setup(
         mean=(0.5,),
         std=(0.5,),
         replicas_per_device=replicas,
+        pool_replicas=synced,
     )
     return steps.make_train_step(mesh, cfg), state, images, labels
 
@@ -108,6 +109,24 @@ def test_replicas_on_fewer_devices_equal_one_replica_per_device(norm, devices, r
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(metrics_r["loss"], metrics8["loss"], rtol=1e-5)
     np.testing.assert_allclose(metrics_r["accuracy"], metrics8["accuracy"])
+
+
+@pytest.mark.parametrize("norm", ["bn", "bcn"])
+def test_synced_replicas_equal_synced_devices(norm):
+    """Synced statistics span a device's replicas too (pooled): 1 device × 8 replicas is 8 devices, the
+    data order included; it is how train_and_evaluate runs 8 fake CPU devices with sync_batch_stats=True."""
+    params8, stats8, metrics8 = _step(8, norm, True, num_steps=3, batches_per_shard=2)
+    params_r, stats_r, metrics_r = _step(
+        1, norm, True, replicas=8, num_steps=3, batches_per_shard=2
+    )
+    for a, b in zip(
+        jax.tree.leaves((params_r, stats_r)), jax.tree.leaves((params8, stats8)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(metrics_r["loss"], metrics8["loss"], rtol=1e-5)
+    # ...and differ from per-replica statistics.
+    _, _, unsynced = _step(1, norm, False, replicas=8, num_steps=3, batches_per_shard=2)
+    assert not np.allclose(unsynced["loss"], metrics_r["loss"], rtol=1e-4)
 
 
 def test_replicas_keep_their_own_statistics():

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import wsjax
-from experiments import augment, model_factory, steps
+from experiments import model_factory, steps
 from experiments.bench.peaks import peak_flops
 from experiments.bench.timing import stepper, time_calls, time_interleaved
 from experiments.configs import default
@@ -54,8 +54,8 @@ def _train_step(setup: Setup, config: ml_collections.ConfigDict, per_device_batc
         rng.integers(0, 256, (devices, shard, *setup.image_shape), dtype=np.uint8), sharding
     )
     labels = jax.device_put(rng.integers(0, 10, (devices, shard)).astype(np.int32), sharding)
-    cfg = steps.StepConfig(
-        per_device_batch, 4, config.crop_padding, config.horizontal_flip, (0.5,), (0.5,)
+    cfg = steps.StepConfig.from_config(
+        config, per_replica_batch=per_device_batch, steps_per_epoch=4
     )
     return steps.make_train_step(setup.mesh, cfg), state, images, labels
 
@@ -137,7 +137,7 @@ def ws_overhead(setup: Setup, per_device_batch: int) -> dict[str, Any]:
 
 
 def small_map_conv(setup: Setup, per_device_batch: int) -> dict[str, Any]:
-    """The WS+BCN step with wsjax.conv_general_dilated (conv_impl='auto') vs lax's convolution everywhere."""
+    """The WS+BCN step with wsjax.cpu.conv_general_dilated (conv_impl='auto') vs lax's convolution everywhere."""
     auto = time_train_step(setup, per_device_batch, conv="ws", norm="bcn", conv_impl="auto")
     xla = time_train_step(setup, per_device_batch, conv="ws", norm="bcn", conv_impl="xla")
     return {
@@ -149,21 +149,21 @@ def small_map_conv(setup: Setup, per_device_batch: int) -> dict[str, Any]:
 
 
 def input_pipeline(setup: Setup, per_device_batch: int, step_images_per_s: float) -> dict[str, Any]:
-    """Images/s that drawing, augmenting and normalizing batches from device memory delivers, alone."""
+    """Images/s that drawing, augmenting and normalizing batches from device memory delivers, alone.
+
+    Draws exactly as the train step does (``steps.draw_batch``: the same indices and augmentation keys).
+    """
     config = _config(setup)
     _, state, images, labels = _train_step(setup, config, per_device_batch)
-    cfg = steps.StepConfig(
-        per_device_batch, 4, config.crop_padding, config.horizontal_flip, (0.5,), (0.5,)
+    cfg = steps.StepConfig.from_config(
+        config, per_replica_batch=per_device_batch, steps_per_epoch=4
     )
 
     def draw(step, images, labels):
         def per_device(images, labels):
-            indices = steps.batch_indices(
-                state.rng, step, images.shape[1], cfg, steps.replica_ids(1)[0]
-            )
-            key = jax.random.fold_in(state.rng, step)
-            batch = augment.augment(key, images[0][indices], cfg.crop_padding, cfg.flip)
-            return augment.normalize(batch, cfg.mean, cfg.std)[None], labels[0][indices][None]
+            replica = steps.replica_ids(1)[0]
+            x, y = steps.draw_batch(state.rng, step, images[0], labels[0], cfg, replica)
+            return x[None], y[None]
 
         return jax.shard_map(
             per_device,

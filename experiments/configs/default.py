@@ -15,9 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Data.
     config.dataset = "cifar10"  # a TFDS image-classification name, or "synthetic" (no files needed)
-    config.data_dir = ml_collections.config_dict.placeholder(
-        str
-    )  # TFDS data dir; None: ~/tensorflow_datasets
+    # TFDS data dir; None: ~/tensorflow_datasets.
+    config.data_dir = ml_collections.config_dict.placeholder(str)
     config.download = True  # download and prepare the dataset if it is not prepared yet
     config.crop_padding = 4  # random crop back to size after zero-padding each side by this much
     config.horizontal_flip = True  # random left-right mirror
@@ -25,24 +24,23 @@ def get_config() -> ml_collections.ConfigDict:
     config.normalize_std = (0.5,)
 
     # Model.
-    config.model = "vgg16"  # vgg16 | vgg16_narrow | resnet18
+    # vgg16 | vgg16_narrow | resnet18 | vgg_small | vgg_tiny (experiments/model_factory.py MODELS)
+    config.model = "vgg16"
     config.conv = "ws"  # ws (weight standardization) | plain
-    config.ws_preset = "pytorch"  # wsjax.PRESETS key: pytorch | qiao | bit | timm
+    config.ws_preset = "pytorch"  # wsjax.PRESETS key: pytorch | qiao | big_vision | bit | timm
     # kernel | output | auto: where WSConv applies the standardization (same maths; see wsjax.WSConv). auto:
     # on the output where the kernel outweighs the output map (VGG16's later layers), faster at equal results.
     config.ws_apply_to = "auto"
-    # auto: wsjax.conv_general_dilated (on CPU, maps smaller than the kernel as shifted matmuls: VGG16's last
-    # stage runs 30x faster there); xla: lax.conv_general_dilated everywhere.
+    # auto: wsjax.cpu.conv_general_dilated (on CPU, maps smaller than the kernel as shifted matmuls, much faster
+    # there; see the README's "Convolutions on CPU"); xla: lax.conv_general_dilated everywhere.
     config.conv_impl = "auto"
     config.norm = "bcn"  # bcn | bn | gn | none
     config.num_groups = 32  # groups of gn and of BCN's channel norm
     config.bn_momentum = 0.9  # Flax sense (PyTorch's 0.1)
-    config.sync_batch_stats = (
-        False  # False: batch statistics per replica (micro-batch); True: global batch
-    )
-    config.dtype = (
-        "float32"  # computation dtype: float32 | bfloat16 (parameters and statistics stay fp32)
-    )
+    # False: batch statistics per replica (the micro-batch setting); True: over the global batch.
+    config.sync_batch_stats = False
+    # Computation dtype: float32 | bfloat16 (parameters and statistics stay float32).
+    config.dtype = "float32"
 
     # Optimization.
     config.global_batch_size = 64  # split evenly over all replicas of all devices of all hosts
@@ -66,4 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = -1  # <= 0: at the end of every epoch
     config.keep_checkpoints = 3
     config.progress_bar = True
+    # > 0: a jax.profiler trace of this many training steps, from the run's (or resumed segment's) second step
+    # (the first compiles), written to WORKDIR/profile/ (TensorBoard's profile plugin or Perfetto open it).
+    config.profile_steps = 0
     return config

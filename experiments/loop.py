@@ -1,0 +1,194 @@
+"""The training loop: steps, then logging, evaluation and checkpoints when due; NaN checks; preemption.
+
+``train.py`` sets a run up (devices, data, model, compiled steps, restored state) into a :class:`Run`;
+:func:`run_loop` trains it to the end or to a SIGTERM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import data, steps
+from experiments.checkpoints import Checkpoints
+from experiments.metrics import MetricsWriter
+from experiments.profiling import StepProfiler
+from experiments.run_info import RunInfo
+
+
+class NonFiniteError(FloatingPointError):
+    """Loss or gradients became NaN or inf."""
+
+
+class Preemption:
+    """Records SIGTERM so the loop can checkpoint at a step boundary and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        # Not the main thread (some notebook runners): no preemption handling.
+        except ValueError:
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """Whether a periodic action (log, evaluation, checkpoint) follows ``step``.
+
+    It does every ``every`` steps and after the ``last``.
+    """
+    return step % every == 0 or step == last
+
+
+def evaluate(
+    eval_step, state, split: data.ShardedSplit, per_replica_batch: int
+) -> dict[str, float]:
+    totals = None
+    for i in range(split.per_replica // per_replica_batch):
+        sums = eval_step(state, split.images, split.labels, split.mask, jnp.int32(i))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    return {
+        "loss": float(totals["loss"]) / float(totals["count"]),
+        "accuracy": float(totals["correct"]) / float(totals["count"]),
+    }
+
+
+def check_finite(history: list[dict[str, float]], first_step: int) -> None:
+    for offset, m in enumerate(history):
+        if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
+            step = first_step + offset + 1
+            raise NonFiniteError(
+                f"non-finite loss, gradient or parameters at step {step} (loss={m['loss']}, "
+                f"grad_norm={m['grad_norm']}, param_norm={m['param_norm']}); "
+                f"stopped without checkpointing it. Lower the learning rate and rerun: the run resumes "
+                f"from the last good checkpoint."
+            )
+
+
+@dataclasses.dataclass
+class Run:
+    """What the training loop needs, made by :func:`train._set_up`."""
+
+    config: ml_collections.ConfigDict
+    is_main: bool
+    dataset: data.Dataset
+    state: steps.TrainState
+    start_step: int
+    total_steps: int
+    schedule: optax.Schedule
+    train_step: Callable
+    eval_step: Callable
+    eval_per_replica: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    checkpoints: Checkpoints
+    writer: MetricsWriter
+    run_info: RunInfo
+    profiler: StepProfiler
+
+    def close(self) -> None:
+        self.profiler.close()
+        self.writer.close()
+        self.checkpoints.close()
+
+
+def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
+    """Trains from ``run.start_step`` to ``run.total_steps``, logging, evaluating and checkpointing as due."""
+    config, state, train = run.config, run.state, run.dataset.train
+    progress = None
+    if run.is_main and config.progress_bar:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(
+            total=run.total_steps,
+            initial=run.start_step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    # Metrics not yet fetched: fetching every step would make the host wait for the device.
+    pending: list[dict[str, jax.Array]] = []
+    window_start, window_first_step = time.perf_counter(), run.start_step
+    test_metrics: dict[str, float] | None = None
+    try:
+        for step in range(run.start_step + 1, run.total_steps + 1):
+            run.profiler.before(step, state)
+            state, metrics = run.train_step(state, train.images, train.labels)
+            run.profiler.after(step, state)
+            pending.append(metrics)
+            stop = preemption.requested
+            log_due = due(step, run.log_every, run.total_steps)
+            eval_due = due(step, run.eval_every, run.total_steps)
+            save_due = due(step, run.checkpoint_every, run.total_steps) or stop
+            # Fetch (and check for NaN) before anything evaluates or saves this state.
+            if log_due or eval_due or save_due:
+                history = jax.device_get(pending)
+                pending = []
+                check_finite(history, window_first_step)
+                elapsed = time.perf_counter() - window_start
+                summary = {
+                    "loss": float(np.mean([m["loss"] for m in history])),
+                    "accuracy": float(np.mean([m["accuracy"] for m in history])),
+                    "learning_rate": float(run.schedule(step - 1)),
+                    "images_per_sec": len(history) * config.global_batch_size / elapsed,
+                    "step_time": elapsed / len(history),
+                }
+                if log_due:
+                    run.writer.write(step, "train", summary)
+                if progress is not None:
+                    progress.update(step - progress.n)
+                    progress.set_postfix(
+                        loss=f"{summary['loss']:.4f}", acc=f"{summary['accuracy']:.4f}"
+                    )
+                window_start, window_first_step = time.perf_counter(), step
+            if eval_due:
+                test_metrics = evaluate(
+                    run.eval_step, state, run.dataset.test, run.eval_per_replica
+                )
+                run.writer.write(step, "test", test_metrics)
+            if save_due:
+                run.checkpoints.save(step, state)
+                run.run_info.update(step)
+            if stop:
+                if run.is_main:
+                    print(
+                        f"SIGTERM: saved checkpoint {step}; exiting. Rerun to resume.",
+                        file=sys.stderr,
+                    )
+                return {"step": step, "preempted": True}
+        if test_metrics is None:  # resumed at the very end
+            test_metrics = evaluate(run.eval_step, state, run.dataset.test, run.eval_per_replica)
+    finally:
+        if progress is not None:
+            progress.close()
+    run.run_info.update(
+        run.total_steps, final_step=run.total_steps, final_test_accuracy=test_metrics["accuracy"]
+    )
+    if run.is_main:
+        print(f"final test accuracy: {test_metrics['accuracy']:.4f}")
+    return {"step": run.total_steps, **test_metrics}
