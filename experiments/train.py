@@ -141,6 +141,7 @@ def _train(
         config.download,
         test_pad_multiple=eval_per_replica,
         replicas_per_device=config.replicas_per_device,
+        cache_dir=config.get("data_cache_dir"),
     )
     steps_per_epoch = dataset.train.per_replica // per_replica_batch
     if steps_per_epoch == 0:
