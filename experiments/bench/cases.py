@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 import wsjax
 from experiments import augment, model_factory, steps
-from experiments.bench.peaks import peak_flops
+from experiments.bench.peaks import device_precision_and_peak
 from experiments.bench.timing import stepper, time_calls, time_interleaved
 from experiments.configs import default
 
@@ -93,7 +93,9 @@ def _step_result(setup: Setup, case: StepCase, per_device_batch: int, timing) ->
         "flops_per_step": flops,
         "achieved_flops_per_s": flops / timing.median if flops else None,
     }
-    peak = peak_flops(jax.devices()[0].device_kind, config.dtype)
+    # MFU against the peak of the arithmetic XLA uses (float32 runs as TF32 on recent NVIDIA GPUs).
+    precision, peak = device_precision_and_peak(jax.devices()[0], config.dtype)
+    result.update(matmul_precision=precision, peak_flops_per_s=peak)
     result["mfu"] = (
         result["achieved_flops_per_s"] / (peak * setup.mesh.devices.size)
         if peak and flops
