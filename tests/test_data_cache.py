@@ -70,8 +70,11 @@ def test_bad_split_file_is_a_one_line_error(tmp_path):
 
 def test_newest_complete_version_is_found(tmp_path):
     one = np.zeros((2, 3, 3, 1), np.uint8), np.zeros(2)
-    for version, splits in [("1.0.0", ("train", "test")), ("10.0.0", ("train", "test")),
-                            ("11.0.0", ("train",))]:  # fmt: skip
+    for version, splits in [
+        ("1.0.0", ("train", "test")),
+        ("10.0.0", ("train", "test")),
+        ("11.0.0", ("train",)),
+    ]:
         for split in splits:
             data_cache.save(tmp_path / "ds" / version / f"{split}.npz", *one, 2)
     assert data_cache.find(tmp_path, "ds", None) == tmp_path / "ds" / "10.0.0"  # 11 lacks test
@@ -245,10 +248,20 @@ def test_training_runs_where_tensorflow_cannot_be_imported(tmp_path):
     assert info["final_step"] == 2
     # The prelude really blocks TensorFlow: without a cache the same command stops with a one-line error.
     blocked = subprocess.run(
-        [sys.executable, "-c", NO_TENSORFLOW, *args[:-1], f"--workdir={tmp_path / 'x'}",
-         f"--config.data_cache_dir={tmp_path / 'empty'}"],
-        cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            NO_TENSORFLOW,
+            *args[:-1],
+            f"--workdir={tmp_path / 'x'}",
+            f"--config.data_cache_dir={tmp_path / 'empty'}",
+        ],
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert blocked.returncode == 1
     assert "error: dataset 'fashion_mnist' is not in the NumPy cache" in blocked.stderr
     assert "TensorFlow Datasets cannot be imported" in blocked.stderr

@@ -112,18 +112,21 @@ def _flops(step, *args) -> float | None:
     return float(analysis.get("flops", 0.0)) or None
 
 
-def ws_overhead(setup: Setup, per_device_batch: int) -> dict[str, Any]:
+def ws_overhead(setup: Setup, per_device_batch: int, **overrides: Any) -> dict[str, Any]:
     """The same train step with WSConv vs nn.Conv (BCN both), timed in turns in one run.
 
     WSConv twice: ``apply_to='auto'`` (what the experiments use; ``ws``, ``ratio``) and ``'kernel'`` (the
-    PyTorch reference's way and the library default; ``ws_kernel``, ``kernel_ratio``).
+    PyTorch reference's way and the library default; ``ws_kernel``, ``kernel_ratio``). ``overrides``: further
+    config fields for all three (e.g. ``dtype='bfloat16'``).
     """
     cases = {
-        "ws": _step_case(setup, per_device_batch, conv="ws", ws_apply_to="auto", norm="bcn"),
-        "ws_kernel": _step_case(
-            setup, per_device_batch, conv="ws", ws_apply_to="kernel", norm="bcn"
+        "ws": _step_case(
+            setup, per_device_batch, conv="ws", ws_apply_to="auto", norm="bcn", **overrides
         ),
-        "plain": _step_case(setup, per_device_batch, conv="plain", norm="bcn"),
+        "ws_kernel": _step_case(
+            setup, per_device_batch, conv="ws", ws_apply_to="kernel", norm="bcn", **overrides
+        ),
+        "plain": _step_case(setup, per_device_batch, conv="plain", norm="bcn", **overrides),
     }
     timings = time_interleaved({k: c.run for k, c in cases.items()}, setup.repeats, setup.calls)
     results = {k: _step_result(setup, c, per_device_batch, timings[k]) for k, c in cases.items()}
