@@ -298,6 +298,21 @@ def _open(
     return _Source(num_classes, image_shape, "tfds", whole)
 
 
+def write_cache(
+    name: str, data_dir: str | None, cache_dir: str, download: bool = True
+) -> pathlib.Path:
+    """Makes sure ``cache_dir`` holds ``name``'s NumPy cache (reading it through TFDS once); returns its folder.
+
+    For a machine without TensorFlow: make the cache here, copy the folder there, and point
+    ``config.data_cache_dir`` at it.
+    """
+    _open(name, data_dir, download, cache_dir, (32, 32, 3), (0, 0))
+    folder = data_cache.find(pathlib.Path(cache_dir), *data_cache.split_name_and_version(name))
+    if folder is None:
+        raise DatasetUnavailableError(f"dataset {name!r} could not be cached in {cache_dir}.")
+    return folder
+
+
 def load(
     name: str,
     mesh: Mesh,

@@ -9,7 +9,7 @@ import pytest
 
 from experiments import device_suite
 from experiments.cpu_devices import fake_cpu_env
-from tests.helpers import REPO
+from tests.helpers import REPO, SHARED_TFDS, needs_fashion_mnist
 
 FAKE = "tests.suite_fake_part"
 
@@ -57,7 +57,7 @@ def test_tiny_mode_runs_every_part(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "experiments.device_suite", "--tiny", f"--out={tmp_path}"],
         cwd=REPO,
-        env={**fake_cpu_env(1), "PYTHONPATH": str(REPO)},
+        env=fake_cpu_env(1),
         capture_output=True,
         text=True,
         timeout=900,
@@ -78,3 +78,21 @@ def test_tiny_mode_runs_every_part(tmp_path):
     assert any(n.endswith(".xplane.pb") for n in names)
     table = (tmp_path / "table.md").read_text()
     assert "missing" not in table and done.stdout.rstrip().endswith(table.rstrip())
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_prepare_fills_one_folder_that_fits_the_device_tool(tmp_path):
+    from experiments import prepare_device
+
+    out = tmp_path / "device"
+    manifest = prepare_device.prepare(out, str(SHARED_TFDS), ["fashion_mnist"], wheels={})
+    assert (out / ".gitignore").read_text().splitlines()[-1] == "*"  # git ignores all of it
+    assert set(manifest["files"]) == {
+        ".gitignore",
+        "data/fashion_mnist/3.0.1/train.npz",
+        "data/fashion_mnist/3.0.1/test.npz",
+    }
+    assert manifest["source_fingerprint"] == device_suite.source_fingerprint()
+    assert manifest["travel_bytes"] < prepare_device.TRAVEL_LIMIT_BYTES
+    assert json.loads((out / "manifest.json").read_text()) == manifest
