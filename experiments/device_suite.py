@@ -34,16 +34,17 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEVICE_DIR = REPO / ".device"  # made by experiments/prepare_device.py; travels as the run's `carry`
-# name -> (module, seconds on the GPU). Together with the start-up they fit a call of 9 minutes.
+# name -> (module, seconds on the GPU), in the order they run. With start-up they fit 8 of a call's 10 minutes,
+# leaving a session's 15 device minutes room for the machine's start and one rerun of a part.
 PARTS = {
-    "tests": ("experiments.accel.tests_part", 100),
-    "bench": ("experiments.accel.jax_bench", 170),
-    "tta": ("experiments.accel.time_to_accuracy", 80),
-    "torch": ("experiments.accel.torch_bench", 100),
-    "micro": ("experiments.accel.micro_speed", 30),
-    "profile": ("experiments.accel.profile_step", 40),
+    "tests": ("experiments.accel.tests_part", 70),
+    "bench": ("experiments.accel.jax_bench", 180),
+    "tta": ("experiments.accel.time_to_accuracy", 75),
+    "torch": ("experiments.accel.torch_bench", 85),
+    "profile": ("experiments.accel.profile_step", 35),
+    "micro": ("experiments.accel.micro_speed", 25),
 }
-DEADLINE_S = 525  # from the suite's start; the wheels' install and Python's start-up come before
+DEADLINE_S = 480  # from the suite's start; the wheels' install and Python's start-up come before
 TINY_BUDGET_S = 120  # at least this per part in tiny mode (on a loaded 2-core CPU)
 TINY_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 RESERVE_S = 8  # kept back for packing the results

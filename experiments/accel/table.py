@@ -39,7 +39,9 @@ def _precision(r: dict) -> list[tuple[str, str, str]]:
 
 
 def _curve(r: dict) -> list[tuple[str, str, str]]:
-    curve = _part(r, "bench")["bf16_curve"]
+    bench = _part(r, "bench")
+    overhead = [o["ws"] for o in bench.get("ws_overhead_bf16", []) if o["per_device_batch"] >= 64]
+    curve = sorted(bench["bf16_curve"] + overhead, key=lambda c: c["per_device_batch"])
     best = max(curve, key=lambda c: c["images_per_s"])
     points = " · ".join(f"{c['per_device_batch']}: {100 * (c['mfu'] or 0):.0f}%" for c in curve)
     mfu = (
@@ -171,6 +173,14 @@ ROWS: list[tuple[str, Callable[[dict], list[tuple[str, str, str]]]]] = [
 ]
 
 
+def _prepared(suite: dict) -> str:
+    prepared = suite.get("prepared") or {}
+    if not prepared:
+        return "no .device/manifest.json"
+    same = prepared.get("source_fingerprint") == suite["source_fingerprint"]
+    return f"{'=' if same else 'changed since'} prepared at {prepared.get('commit', '?')[:12]}"
+
+
 def format_table(results: dict) -> str:
     """Markdown: a status line per part, then measurement | value | goal."""
     machine = _part(results, "bench").get("machine", {})
@@ -178,7 +188,7 @@ def format_table(results: dict) -> str:
     head = (
         f"wsjax device suite{' (tiny: checks the suite, measures nothing)' if suite['tiny'] else ''}: "
         f"{machine.get('device_kind', '?')}, JAX {machine.get('jax', '?')}, source {suite['source_fingerprint']}"
-        f" (prepared at {(suite.get('prepared') or {}).get('commit', '?')}), {suite['date']}"
+        f" ({_prepared(suite)}), {suite['date']}"
     )
     statuses = " · ".join(
         f"{n} {p['status']} {p.get('wall_s', 0):.0f}s" for n, p in results["parts"].items()
