@@ -82,9 +82,8 @@ def _environment(work: pathlib.Path, tiny: bool) -> dict[str, str]:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # Parts that compile the same step (the benchmark's FLOP count, then its timing; the profile) reuse it.
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(work / "jax_cache"))
-    if (
-        tiny
-    ):  # tiny checks code paths, it measures nothing: compile without optimizing (twice as fast)
+    # Tiny mode checks code paths and measures nothing: compile without optimizing (twice as fast).
+    if tiny:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {TINY_XLA_FLAGS}".strip()
     return env
 
@@ -153,8 +152,6 @@ def _run_part(name: str, args, work: pathlib.Path, env: dict, budget: float, log
 
 def _pack(out: pathlib.Path, work: pathlib.Path, results: dict, table: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(table + "\n")
     with (out / "suite.log").open("w") as f:
         for path in sorted((work / "logs").glob("*.log")):
             f.write(f"\n===== {path.stem} =====\n")
@@ -172,6 +169,8 @@ def _pack(out: pathlib.Path, work: pathlib.Path, results: dict, table: str) -> N
         if (out / "files.tar.gz").stat().st_size <= OUT_LIMIT_BYTES:
             break
         results["suite"]["note"] = "the profiler trace was left out: the archive was over 15 MiB"
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(table + "\n")
 
 
 def run_suite(args: argparse.Namespace) -> int:
