@@ -9,7 +9,7 @@ import pytest
 
 from experiments import device_suite
 from experiments.cpu_devices import fake_cpu_env
-from tests.helpers import REPO, SHARED_TFDS, needs_fashion_mnist
+from tests.helpers import REPO, SHARED_TFDS, needs_fashion_mnist, tiny_config
 
 FAKE = "tests.suite_fake_part"
 
@@ -96,3 +96,22 @@ def test_prepare_fills_one_folder_that_fits_the_device_tool(tmp_path):
     assert manifest["source_fingerprint"] == device_suite.source_fingerprint()
     assert manifest["travel_bytes"] < prepare_device.TRAVEL_LIMIT_BYTES
     assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_trains_as_the_cli_does(tmp_path):
+    """The timed driver is `experiments.train` without its bookkeeping: the same test accuracy per epoch."""
+    from experiments import train
+    from experiments.accel import time_to_accuracy
+    from experiments.metrics import read_metrics
+
+    config = tiny_config(
+        num_train_steps=-1, num_epochs=2, eval_every_steps=-1, global_batch_size=64
+    )
+    timed = time_to_accuracy.train_to_target(config, target=0.5, time_limit_s=600)
+    train.train_and_evaluate(config, str(tmp_path))
+    logged = [(r["step"], r["accuracy"]) for r in read_metrics(tmp_path) if r["split"] == "test"]
+    assert [(p["step"], p["test_accuracy"]) for p in timed["curve"]] == logged
+    assert timed["completed"] and timed["dataset_source"] == "synthetic"
+    reached = [p["train_s"] for p in timed["curve"] if p["test_accuracy"] >= 0.5]
+    assert timed["time_to_target_s"] == (reached[0] if reached else None)

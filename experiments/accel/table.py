@@ -41,7 +41,7 @@ def _precision(r: dict) -> list[tuple[str, str, str]]:
 def _curve(r: dict) -> list[tuple[str, str, str]]:
     bench = _part(r, "bench")
     overhead = [o["ws"] for o in bench.get("ws_overhead_bf16", []) if o["per_device_batch"] >= 64]
-    curve = sorted(bench["bf16_curve"] + overhead, key=lambda c: c["per_device_batch"])
+    curve = sorted(bench.get("bf16_curve", []) + overhead, key=lambda c: c["per_device_batch"])
     best = max(curve, key=lambda c: c["images_per_s"])
     points = " · ".join(f"{c['per_device_batch']}: {100 * (c['mfu'] or 0):.0f}%" for c in curve)
     mfu = (

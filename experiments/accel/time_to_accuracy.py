@@ -42,7 +42,6 @@ def train_to_target(config, target: float, time_limit_s: float) -> dict[str, Any
         mesh,
         config.data_dir,
         config.download,
-        synthetic_shape=(28, 28, 1),
         test_pad_multiple=eval_per_replica,
         replicas_per_device=config.replicas_per_device,
         cache_dir=config.data_cache_dir,
@@ -50,7 +49,9 @@ def train_to_target(config, target: float, time_limit_s: float) -> dict[str, Any
     load_s = time.perf_counter() - load_started
     steps_per_epoch = dataset.train.per_replica // per_replica_batch
     total_steps = config.num_epochs * steps_per_epoch
-    model = model_factory.build_model(config, dataset.num_classes, None)
+    model = model_factory.build_model(
+        config, dataset.num_classes, steps.AXIS if config.sync_batch_stats else None
+    )
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
     state = steps.create_train_state(
         model, optim.make_optimizer(config, schedule), dataset.image_shape, config.seed
