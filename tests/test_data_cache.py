@@ -149,6 +149,7 @@ def test_mocked_data_never_enters_the_default_cache(tmp_path, monkeypatch):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_real_fashion_mnist_cache_is_bit_identical(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
     cache = tmp_path / "cache"
     from_tfds = data.load("fashion_mnist", _mesh(), str(SHARED_TFDS), cache_dir=str(cache))
     assert sorted(p.name for p in (cache / "fashion_mnist" / "3.0.1").iterdir()) == [
@@ -160,8 +161,6 @@ def test_real_fashion_mnist_cache_is_bit_identical(tmp_path):
     _assert_same(from_cache, from_tfds)
     assert (from_cache.train.num_examples, from_cache.test.num_examples) == (60_000, 10_000)
     # Real files: the default (per-user) cache folder would take them too.
-    tfds = pytest.importorskip("tensorflow_datasets")
-
     assert data._prepared_on_disk(tfds.builder("fashion_mnist", data_dir=str(SHARED_TFDS)))
 
 
