@@ -37,10 +37,10 @@ DEVICE_DIR = REPO / ".device"  # made by experiments/prepare_device.py; travels 
 # name -> (module, seconds on the GPU), in the order they run. With start-up they fit 8 of a call's 10 minutes,
 # leaving a session's 15 device minutes room for the machine's start and one rerun of a part.
 PARTS = {
-    "tests": ("experiments.accel.tests_part", 70),
-    "bench": ("experiments.accel.jax_bench", 180),
+    "tests": ("experiments.accel.tests_part", 80),
+    "bench": ("experiments.accel.jax_bench", 175),
     "tta": ("experiments.accel.time_to_accuracy", 75),
-    "torch": ("experiments.accel.torch_bench", 85),
+    "torch": ("experiments.accel.torch_bench", 80),
     "profile": ("experiments.accel.profile_step", 35),
     "micro": ("experiments.accel.micro_speed", 25),
 }
