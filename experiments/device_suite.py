@@ -41,8 +41,8 @@ PARTS = {
     "bench": ("experiments.accel.jax_bench", 175),
     "tta": ("experiments.accel.time_to_accuracy", 75),
     "torch": ("experiments.accel.torch_bench", 80),
-    "profile": ("experiments.accel.profile_step", 35),
-    "micro": ("experiments.accel.micro_speed", 25),
+    "profile": ("experiments.accel.profile_step", 30),
+    "micro": ("experiments.accel.micro_speed", 35),
 }
 DEADLINE_S = 480  # from the suite's start; the wheels' install and Python's start-up come before
 TINY_BUDGET_S = 120  # at least this per part in tiny mode (on a loaded 2-core CPU)
