@@ -115,3 +115,54 @@ def test_time_to_accuracy_trains_as_the_cli_does(tmp_path):
     assert timed["completed"] and timed["dataset_source"] == "synthetic"
     reached = [p["train_s"] for p in timed["curve"] if p["test_accuracy"] >= 0.5]
     assert timed["time_to_target_s"] == (reached[0] if reached else None)
+
+
+def _step(batch, seconds, mfu):
+    timing = {"median": seconds, "min": seconds, "max": seconds}
+    return {"per_device_batch": batch, "model": "vgg16", "step_time_s": timing,
+            "images_per_s": batch / seconds, "mfu": mfu, "peak_flops_per_s": 989e12}  # fmt: skip
+
+
+def test_table_rows_for_gpu_results():
+    """Every row as the GPU call will fill it (made-up numbers: this checks the formatting only)."""
+    from experiments.accel.table import format_table
+
+    overhead = {"per_device_batch": 64, "ratio": 1.01, "kernel_ratio": 1.05, "ws_step_s": 0.01,
+                "plain_step_s": 0.0099, "ws": _step(64, 0.01, 0.2)}  # fmt: skip
+    torch_run = lambda batch, s: {"batch": batch, "step_time_s": {"median": s}}
+    curve = [
+        {"epoch": 1, "train_s": 2.0, "test_accuracy": 0.91},
+        {"epoch": 2, "train_s": 4.0, "test_accuracy": 0.935},
+    ]
+    parts = {
+        "bench": {"machine": {"device_kind": "NVIDIA H200", "jax": "0.11.2"},
+                  "bf16_curve": [_step(256, 0.02, 0.45)], "ws_overhead_bf16": [overhead],
+                  "float32_steps": [_step(64, 0.03, 0.1)],
+                  "precision_probe": {"matmul_n": 8192, **{k: {"matmul_tflops": 1.0, "conv_tflops": 1.0,
+                      "matmul_relative_error_vs_float64": 1e-4, "conv_relative_error_vs_highest": 1e-4}
+                      for k in ("default", "high", "highest", "bfloat16_inputs")}}},
+        "torch": {"eager_fp32": [torch_run(64, 0.05)], "tuned_bf16": [torch_run(64, 0.02)]},
+        "tta": {"runs": [{"config": {"model": "vgg16", "dtype": "bfloat16", "global_batch_size": 512,
+                                     "num_epochs": 2}, "curve": curve, "target": 0.93, "time_to_target_s": 4.0,
+                          "final_test_accuracy": 0.935, "images_per_s": 30000.0, "compile_s": 20.0}]},
+        "micro": {"study_model": [{"normalization": "BCN+WS", "model": "vgg_small", "steps_per_s": 500.0}],
+                  "vgg16_ws_bcn_32x32": {"steps_per_s": 100.0}},
+        "profile": {"step": {"model": "vgg16", "dtype": "bfloat16", "per_device_batch": 256, "flops": 1e12}},
+    }  # fmt: skip
+    results = {
+        "suite": {"tiny": False, "source_fingerprint": "abc", "date": "2026-12-01",
+                  "prepared": {"source_fingerprint": "abc", "commit": "0123456789abcdef"}},
+        "parts": {n: {"status": "ok", "wall_s": 1.0, "results": r} for n, r in parts.items()},
+    }  # fmt: skip
+    table = format_table(results)
+    assert "missing" not in table, table
+    assert "NVIDIA H200, JAX 0.11.2, source abc (= prepared at 0123456789ab)" in table
+    assert "best batch 256 | 12,800 img/s, 20.00 ms, MFU 45.0% of 989 TFLOP/s" in table
+    assert "64: 20.0% · 256: 45.0%" in table
+    assert (
+        "ours f32 30.00 ms vs eager f32 50.00 ms; ours bf16 10.00 ms vs compiled bf16 20.00 ms"
+        in table
+    )
+    assert "WS overhead bf16, batch 64 (WSConv / nn.Conv) | 1.010x auto, 1.050x kernel" in table
+    assert "4.0 s of training (epoch 2); final 93.50%" in table
+    assert "| BCN+WS 500 |" in table and "VGG16 WS+BCN on 32x32x3 | 100 steps/s" in table

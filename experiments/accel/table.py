@@ -10,6 +10,10 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
+def _percent(fraction: float | None) -> str:
+    return f"{100 * fraction:.1f}%" if fraction is not None else "n/a"
+
+
 def _part(results: dict, name: str) -> dict[str, Any]:
     return results["parts"].get(name, {}).get("results", {})
 
@@ -43,16 +47,16 @@ def _curve(r: dict) -> list[tuple[str, str, str]]:
     overhead = [o["ws"] for o in bench.get("ws_overhead_bf16", []) if o["per_device_batch"] >= 64]
     curve = sorted(bench.get("bf16_curve", []) + overhead, key=lambda c: c["per_device_batch"])
     best = max(curve, key=lambda c: c["images_per_s"])
-    points = " · ".join(f"{c['per_device_batch']}: {100 * (c['mfu'] or 0):.0f}%" for c in curve)
+    points = " · ".join(f"{c['per_device_batch']}: {_percent(c['mfu'])}" for c in curve)
     mfu = (
-        f"MFU {100 * best['mfu']:.1f}% of {best['peak_flops_per_s'] / 1e12:.0f}"
+        f"MFU {_percent(best['mfu'])} of {best['peak_flops_per_s'] / 1e12:.0f} TFLOP/s"
         if best["mfu"]
         else "no MFU (no peak)"
     )
     return [
         (
             f"{best['model']} WS+BCN bf16 train step, best batch {best['per_device_batch']}",
-            f"{best['images_per_s']:,.0f} img/s, {_ms(best['step_time_s']['median'])}, {mfu} TFLOP/s",
+            f"{best['images_per_s']:,.0f} img/s, {_ms(best['step_time_s']['median'])}, {mfu}",
             ">= 50% MFU",
         ),
         ("MFU by per-device batch", points, ""),
