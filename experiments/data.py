@@ -59,7 +59,7 @@ class Dataset:
     test: ShardedSplit
     num_classes: int
     image_shape: tuple[int, int, int]
-    source: str = ""  # "synthetic", "tfds", or "cache:FOLDER" (the NumPy files it was read from)
+    source: str = ""  # "synthetic", "tfds", "cache:FOLDER" or "npz:FOLDER" (NumPy files read)
 
 
 def _shard_ranges(num_examples: int, num_shards: int, pad: bool) -> list[tuple[int, int]]:
