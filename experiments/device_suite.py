@@ -178,13 +178,13 @@ def run_suite(args: argparse.Namespace) -> int:
 
     started = time.time()
     deadline = started + args.deadline_s
-    out = pathlib.Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="wsjax_out_"))
-    work = pathlib.Path(tempfile.mkdtemp(prefix="wsjax_suite_"))
-    env = _environment(work, args.tiny)
     names = [n.strip() for n in args.parts.split(",") if n.strip()]
     unknown = sorted(set(names) - set(PARTS))
     if unknown:
         raise SystemExit(f"error: unknown part(s) {unknown}; choose from {', '.join(PARTS)}.")
+    out = pathlib.Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="wsjax_out_"))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="wsjax_suite_"))
+    env = _environment(work, args.tiny)
     manifest = DEVICE_DIR / "manifest.json"
     results: dict = {
         "suite": {
