@@ -167,7 +167,7 @@ def format_table(r: dict) -> str:
             f"{_range(o['ws_kernel']['step_time_s'])} vs {_range(o['plain']['step_time_s'])}) |"
         )
     for t in r["throughput"]:
-        mfu = f", MFU {100 * t['mfu']:.1f}%" if t["mfu"] else ""
+        mfu = f", MFU {100 * t['mfu']:.1f}% of the {t['matmul_precision']} peak" if t["mfu"] else ""
         gflops = (
             f", {t['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s" if t["achieved_flops_per_s"] else ""
         )

@@ -8,19 +8,26 @@ Replica ``d`` of ``D`` (device-major: device ``i`` holds replicas ``i*r`` to ``i
 ``[d * (N // D), (d + 1) * (N // D))`` of the split (the last ``N mod D`` training examples are unused; test
 examples are never dropped: the test split is padded and masked). A process loads only the slice that its own
 devices own.
+
+Real datasets come from TFDS the first time and from a NumPy copy of each split afterwards
+(``data_cache.py``): once cached, a dataset loads without TensorFlow, e.g. on a GPU machine that has none.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import socket
+import sys
 import urllib.parse
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from experiments import data_cache
 from experiments.steps import AXIS
 
 SYNTHETIC = "synthetic"
@@ -53,6 +60,7 @@ class Dataset:
     test: ShardedSplit
     num_classes: int
     image_shape: tuple[int, int, int]
+    source: str = ""  # "synthetic", "tfds", "cache:FOLDER" or "npz:FOLDER" (NumPy files read)
 
 
 def _shard_ranges(num_examples: int, num_shards: int, pad: bool) -> list[tuple[int, int]]:
@@ -85,7 +93,29 @@ def _check_reachable(url: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
+def _hide_gpus_from_tensorflow() -> None:
+    """Tells TensorFlow (which TFDS reads through) to use no GPU, before it starts.
+
+    A GPU build of TensorFlow (Colab's) otherwise reserves most of each GPU's memory when it starts, and JAX
+    then finds too little. TFDS only reads files here, which needs no GPU. Where TensorFlow has already
+    started (the notebook used it before), it can no longer be told: a note says so.
+    """
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except (RuntimeError, ValueError) as e:
+        print(
+            f"note: TensorFlow had already started and may hold GPU memory that JAX needs ({e}); "
+            f"restart the process and load data before using TensorFlow.",
+            file=sys.stderr,
+        )
+
+
 def _tfds_builder(name: str, data_dir: str | None, download: bool):
+    _hide_gpus_from_tensorflow()
     import tensorflow_datasets as tfds  # heavy: imported only when a real dataset is asked for
 
     try:
@@ -197,6 +227,93 @@ def _place(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Where a dataset's splits come from: arrays already in memory (``whole``), or TFDS slices (``builder``)."""
+
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    label: str  # becomes Dataset.source
+    whole: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    builder: Any = None
+
+
+def _prepared_on_disk(builder) -> bool:
+    """Whether TFDS read real files. Mocked data (tests) has none, and must never enter the shared cache."""
+    from etils import epath  # a TFDS dependency, present wherever a builder is
+
+    folder = epath.Path(builder.data_dir)
+    return (folder / "dataset_info.json").exists() and any(folder.glob(f"{builder.name}-*"))
+
+
+def _open(
+    name: str,
+    data_dir: str | None,
+    download: bool,
+    cache_dir: str | None,
+    synthetic_shape: tuple[int, int, int],
+    synthetic_examples: tuple[int, int],
+) -> _Source:
+    if name == SYNTHETIC:
+        whole = {
+            split: _synthetic(split, 10, synthetic_shape, n)
+            for split, n in zip(data_cache.SPLITS, synthetic_examples, strict=True)
+        }
+        return _Source(10, synthetic_shape, SYNTHETIC, whole)
+    if data_cache.is_complete(pathlib.Path(name)):  # a folder of .npz splits, named directly
+        whole, num_classes, image_shape = data_cache.load_folder(pathlib.Path(name))
+        return _Source(num_classes, image_shape, f"npz:{name}", whole)
+    cache = data_cache.resolve_cache_dir(cache_dir)
+    base, version = data_cache.split_name_and_version(name)
+    folder = data_cache.find(cache, base, version) if cache is not None else None
+    if folder is not None:  # NumPy alone: TensorFlow is never imported
+        whole, num_classes, image_shape = data_cache.load_folder(folder)
+        return _Source(num_classes, image_shape, f"cache:{folder}", whole)
+    try:
+        builder = _tfds_builder(name, data_dir, download)
+    except ImportError as e:
+        where = f"at {cache}" if cache is not None else "(turned off: data_cache_dir='')"
+        raise DatasetUnavailableError(
+            f"dataset {name!r} is not in the NumPy cache {where} and TensorFlow Datasets cannot be "
+            f"imported ({e}): install tensorflow-datasets, or copy a cache made where it is installed "
+            f"(CACHE/{base}/VERSION/{{train,test}}.npz) here and set config.data_cache_dir=CACHE."
+        ) from e
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"dataset {name!r} has no 'image' and 'label' features; it is not image classification."
+        )
+    num_classes = features["label"].num_classes
+    image_shape = tuple(features["image"].shape)
+    if len(image_shape) == 2:
+        image_shape = (*image_shape, 1)
+    if jax.process_count() > 1:  # several hosts: each reads only the examples its own devices hold
+        return _Source(num_classes, image_shape, "tfds", builder=builder)
+    whole = {split: _load_numpy(builder, split) for split in data_cache.SPLITS}
+    # The default folder is shared by every run of this user: only real files go there.
+    if cache is not None and (cache_dir is not None or _prepared_on_disk(builder)):
+        for split, (images, labels) in whole.items():
+            data_cache.write_split(
+                cache, base, str(builder.version), split, images, labels, num_classes
+            )
+    return _Source(num_classes, image_shape, "tfds", whole)
+
+
+def write_cache(
+    name: str, data_dir: str | None, cache_dir: str, download: bool = True
+) -> pathlib.Path:
+    """Makes sure ``cache_dir`` holds ``name``'s NumPy cache (reading it through TFDS once); returns its folder.
+
+    For a machine without TensorFlow: make the cache here, copy the folder there, and point
+    ``config.data_cache_dir`` at it.
+    """
+    _open(name, data_dir, download, cache_dir, (32, 32, 3), (0, 0))
+    folder = data_cache.find(pathlib.Path(cache_dir), *data_cache.split_name_and_version(name))
+    if folder is None:
+        raise DatasetUnavailableError(f"dataset {name!r} could not be cached in {cache_dir}.")
+    return folder
+
+
 def load(
     name: str,
     mesh: Mesh,
@@ -206,11 +323,16 @@ def load(
     synthetic_examples: tuple[int, int] = (2048, 512),
     test_pad_multiple: int = 1,
     replicas_per_device: int = 1,
+    cache_dir: str | None = None,
 ) -> Dataset:
     """Loads ``name`` (a TFDS image-classification dataset, or ``'synthetic'``) into device memory.
 
+    A TFDS dataset is read from its NumPy cache when one is there (no TensorFlow), else through TFDS, which
+    then writes the cache (see ``data_cache.py``). Both give the same arrays in the same order.
+
     Args:
-      name: TFDS name or ``'synthetic'``.
+      name: TFDS name (``'fashion_mnist'``, or pinned: ``'fashion_mnist:3.0.1'``), ``'synthetic'``, or a folder
+        holding ``train.npz`` and ``test.npz`` in the cache's format.
       mesh: the 1-D device mesh; its devices' order defines the shards.
       data_dir: TFDS data dir (None: TFDS's default, ~/tensorflow_datasets).
       download: whether to download and prepare a dataset that is not prepared yet.
@@ -218,52 +340,37 @@ def load(
       synthetic_examples: (train, test) sizes of the synthetic dataset.
       test_pad_multiple: each replica's test shard is padded to a multiple of this (its eval batch).
       replicas_per_device: shards per device (one per replica).
+      cache_dir: the NumPy cache's folder (None: ``~/.cache/wsjax/datasets``; ``''``: no cache).
 
     Raises:
-      ValueError: an unknown dataset name.
-      DatasetUnavailableError: not prepared and not downloadable; the message says what to place where.
+      ValueError: an unknown dataset name, or a cache file that is not a dataset split.
+      DatasetUnavailableError: not cached, and not prepared and not downloadable (or TFDS missing); the
+        message says what to place where.
     """
     num_shards = mesh.devices.size * replicas_per_device
     lo, hi = (i * replicas_per_device for i in _local_device_slice(mesh))
+    source = _open(name, data_dir, download, cache_dir, synthetic_shape, synthetic_examples)
     splits = {}
-    if name == SYNTHETIC:
-        num_classes, image_shape = 10, synthetic_shape
-        sizes = dict(zip(("train", "test"), synthetic_examples, strict=True))
-    else:
-        builder = _tfds_builder(name, data_dir, download)
-        features = builder.info.features
-        if "image" not in features or "label" not in features:
-            raise ValueError(
-                f"dataset {name!r} has no 'image' and 'label' features; it is not image classification."
-            )
-        num_classes = features["label"].num_classes
-        image_shape = tuple(features["image"].shape)
-        if len(image_shape) == 2:
-            image_shape = (*image_shape, 1)
-        sizes = {}  # known once loaded (one process), or from the dataset info (several)
-    for split in ("train", "test"):
-        whole = None
-        if name == SYNTHETIC:
-            whole = _synthetic(split, num_classes, image_shape, sizes[split])
-        elif jax.process_count() == 1:  # one reader: take the split whole, sized by what it holds
-            whole = _load_numpy(builder, split)
-        if whole is not None:
-            sizes[split] = len(whole[1])
+    for split in data_cache.SPLITS:
+        if source.whole is not None:
+            size = len(source.whole[split][1])
         else:
-            sizes[split] = builder.info.splits[split].num_examples
-        ranges = _shard_ranges(sizes[split], num_shards, pad=split == "test")
+            size = source.builder.info.splits[split].num_examples
+        ranges = _shard_ranges(size, num_shards, pad=split == "test")
         if ranges[0][1] - ranges[0][0] == 0:
             raise ValueError(
                 f"the {split} split of {name!r} has fewer examples than there are replicas"
             )
         start, stop = ranges[lo][0], ranges[hi - 1][1]
-        if whole is not None:
-            images, labels = whole[0][start:stop], whole[1][start:stop]
+        if source.whole is not None:
+            images, labels = (a[start:stop] for a in source.whole[split])
         else:  # several hosts: each reads only the examples its own devices hold
-            images, labels = _load_numpy(builder, f"{split}[{start}:{stop}]")
+            images, labels = _load_numpy(source.builder, f"{split}[{start}:{stop}]")
         used = ranges[-1][1]  # training drops the last N mod D examples; test keeps all
         pad_to = ranges[0][1] - ranges[0][0]
         if split == "test":  # whole evaluation batches, the padding masked out
             pad_to = -(-pad_to // test_pad_multiple) * test_pad_multiple
         splits[split] = _place(mesh, images, labels, ranges[lo:hi], pad_to, used, num_shards)
-    return Dataset(splits["train"], splits["test"], num_classes, image_shape)
+    return Dataset(
+        splits["train"], splits["test"], source.num_classes, source.image_shape, source.label
+    )

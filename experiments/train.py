@@ -120,6 +120,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
             config.download,
             test_pad_multiple=eval_per_replica,
             replicas_per_device=where.replicas_per_device,
+            cache_dir=config.get("data_cache_dir"),
         )
     steps_per_epoch = dataset.train.per_replica // per_replica_batch
     if steps_per_epoch == 0:

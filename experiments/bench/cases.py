@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 import wsjax
 from experiments import model_factory, steps
-from experiments.bench.peaks import peak_flops
+from experiments.bench.peaks import device_precision_and_peak
 from experiments.bench.timing import stepper, time_calls, time_interleaved
 from experiments.configs import default
 
@@ -93,7 +93,9 @@ def _step_result(setup: Setup, case: StepCase, per_device_batch: int, timing) ->
         "flops_per_step": flops,
         "achieved_flops_per_s": flops / timing.median if flops else None,
     }
-    peak = peak_flops(jax.devices()[0].device_kind, config.dtype)
+    # MFU against the peak of the arithmetic XLA uses (float32 runs as TF32 on recent NVIDIA GPUs).
+    precision, peak = device_precision_and_peak(jax.devices()[0], config.dtype)
+    result.update(matmul_precision=precision, peak_flops_per_s=peak)
     result["mfu"] = (
         result["achieved_flops_per_s"] / (peak * setup.mesh.devices.size)
         if peak and flops
@@ -110,18 +112,21 @@ def _flops(step, *args) -> float | None:
     return float(analysis.get("flops", 0.0)) or None
 
 
-def ws_overhead(setup: Setup, per_device_batch: int) -> dict[str, Any]:
+def ws_overhead(setup: Setup, per_device_batch: int, **overrides: Any) -> dict[str, Any]:
     """The same train step with WSConv vs nn.Conv (BCN both), timed in turns in one run.
 
     WSConv twice: ``apply_to='auto'`` (what the experiments use; ``ws``, ``ratio``) and ``'kernel'`` (the
-    PyTorch reference's way and the library default; ``ws_kernel``, ``kernel_ratio``).
+    PyTorch reference's way and the library default; ``ws_kernel``, ``kernel_ratio``). ``overrides``: further
+    config fields for all three (e.g. ``dtype='bfloat16'``).
     """
     cases = {
-        "ws": _step_case(setup, per_device_batch, conv="ws", ws_apply_to="auto", norm="bcn"),
-        "ws_kernel": _step_case(
-            setup, per_device_batch, conv="ws", ws_apply_to="kernel", norm="bcn"
+        "ws": _step_case(
+            setup, per_device_batch, conv="ws", ws_apply_to="auto", norm="bcn", **overrides
         ),
-        "plain": _step_case(setup, per_device_batch, conv="plain", norm="bcn"),
+        "ws_kernel": _step_case(
+            setup, per_device_batch, conv="ws", ws_apply_to="kernel", norm="bcn", **overrides
+        ),
+        "plain": _step_case(setup, per_device_batch, conv="plain", norm="bcn", **overrides),
     }
     timings = time_interleaved({k: c.run for k, c in cases.items()}, setup.repeats, setup.calls)
     results = {k: _step_result(setup, c, per_device_batch, timings[k]) for k, c in cases.items()}

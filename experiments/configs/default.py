@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
     # TFDS data dir; None: ~/tensorflow_datasets.
     config.data_dir = ml_collections.config_dict.placeholder(str)
     config.download = True  # download and prepare the dataset if it is not prepared yet
+    # NumPy copy of each split, written on the first TFDS load and read (without TensorFlow) afterwards.
+    # None: ~/.cache/wsjax/datasets; "": off. See experiments/data_cache.py.
+    config.data_cache_dir = ml_collections.config_dict.placeholder(str)
     config.crop_padding = 4  # random crop back to size after zero-padding each side by this much
     config.horizontal_flip = True  # random left-right mirror
     config.normalize_mean = (0.5,)  # per channel, or one value for all; applied to x / 255

@@ -1,0 +1,100 @@
+"""Part ``micro``: the micro-batch study's emulation on one device: 8 vmapped replicas x 1 image per step.
+
+For each normalization of the study (``experiments/microbatch.py``), the study's model and optimizer
+(``configs/microbatch.py``: a 6-conv VGG on 28x28x1, Adam) with ``replicas_per_device=8`` and one image per
+replica: training steps per second, and the seconds one study cell (20,000 examples = 2,500 steps) would
+take. Then the paper's own setting, VGG16 WS+BCN on 32x32x3, 8 replicas x 1 image, if time is left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from experiments.accel.context import PartContext
+
+REPLICAS = 8
+CELL_EXAMPLES = 20_000
+MIN_SECONDS = 8
+ORDER = [
+    "BCN+WS",
+    "BN",
+    "GN+WS",
+    "GN",
+    "BN+WS",
+]  # the study's, most wanted first (NORMALIZATIONS' names)
+
+
+def steps_per_second(config, image_shape: tuple[int, int, int], repeats: int, calls: int) -> float:
+    """Steps/s of ``config``'s train step on one device with its ``replicas_per_device`` replicas."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from experiments import model_factory, optim, steps
+    from experiments.bench.timing import stepper, time_calls
+
+    mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
+    per_replica = config.global_batch_size // config.replicas_per_device
+    shard, steps_per_epoch = 4 * per_replica, 4
+    model = model_factory.build_model(config, 10, None)
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch, 10_000)
+    state = steps.create_train_state(
+        model, optim.make_optimizer(config, schedule), image_shape, config.seed
+    )
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    rng = np.random.default_rng(0)
+    sharding = NamedSharding(mesh, P(steps.AXIS))
+    replicas = config.replicas_per_device
+    images = rng.integers(0, 256, (replicas, shard, *image_shape), dtype=np.uint8)
+    labels = rng.integers(0, 10, (replicas, shard)).astype(np.int32)
+    images, labels = jax.device_put(images, sharding), jax.device_put(labels, sharding)
+    cfg = steps.StepConfig.from_config(config, per_replica, steps_per_epoch)
+    run = stepper(steps.make_train_step(mesh, cfg), state, images, labels)
+    return 1.0 / time_calls(run, repeats, calls).median
+
+
+def run(ctx: PartContext) -> None:
+    from experiments.configs import microbatch as microbatch_config
+    from experiments.microbatch import NORMALIZATIONS
+
+    repeats, calls = (2, 2) if ctx.tiny else (5, 50)
+    names = ["BCN+WS"] if ctx.tiny else ORDER
+    for name in names:
+        if ctx.time_left() < MIN_SECONDS:
+            ctx.append("not_measured", f"{name}: out of time")
+            continue
+        conv, norm = NORMALIZATIONS[name]
+        config = microbatch_config.get_config()
+        config.update(
+            conv=conv, norm=norm, replicas_per_device=REPLICAS, global_batch_size=REPLICAS
+        )
+        if ctx.tiny:
+            config.update(model="vgg_tiny", num_groups=4)
+        rate = steps_per_second(config, (28, 28, 1), repeats, calls)
+        ctx.append("study_model", _row(name, config, rate))
+    if ctx.tiny or ctx.time_left() < 3 * MIN_SECONDS:
+        return
+    config = microbatch_config.get_config()
+    config.update(
+        model="vgg16",
+        num_groups=32,
+        conv="ws",
+        norm="bcn",
+        replicas_per_device=REPLICAS,
+        global_batch_size=REPLICAS,
+    )
+    ctx.record(
+        "vgg16_ws_bcn_32x32", _row("BCN+WS", config, steps_per_second(config, (32, 32, 3), 5, 20))
+    )
+
+
+def _row(name: str, config, rate: float) -> dict[str, Any]:
+    return {
+        "normalization": name,
+        "model": config.model,
+        "replicas": config.replicas_per_device,
+        "images_per_replica": config.global_batch_size // config.replicas_per_device,
+        "steps_per_s": rate,
+        "study_cell_s": CELL_EXAMPLES / config.global_batch_size / rate,
+    }

@@ -1,0 +1,249 @@
+"""One prepared call on an accelerator: tests, benchmarks, time to accuracy, micro-batch speed, a profile.
+
+    bash experiments/device_suite.sh                    # on the GPU machine (installs .device/wheels first)
+    python -m experiments.device_suite --tiny           # the same script at tiny sizes: seconds, any CPU
+    python -m experiments.device_suite --parts=bench,tta
+
+Each part (``experiments/accel/``) runs in its own process, one after the other, with its own time budget,
+cut to what is left before the suite's deadline: a part that fails or overruns is recorded as such and the
+next one starts. A part records its measurements as it goes, so a part stopped at its limit keeps what it
+finished. The suite never touches the card's settings and applies no XLA:CPU flags.
+
+What comes back (``--out``, default ``$OUT``): ``results.json`` (every figure, each part's status, the
+machine), ``table.md`` (the table printed last), ``suite.log`` (every part's output), and ``files.tar.gz``
+(the training step's profiler trace, its compiled HLO, the tests' JUnit XML): four files, as the device
+tool returns at most eight and no deeper than two folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import importlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEVICE_DIR = REPO / ".device"  # made by experiments/prepare_device.py; travels as the run's `carry`
+# name -> (module, seconds on the GPU), in the order they run. With start-up they fit 8 of a call's 10 minutes,
+# leaving a session's 15 device minutes room for the machine's start and one rerun of a part.
+PARTS = {
+    "tests": ("experiments.accel.tests_part", 80),
+    "bench": ("experiments.accel.jax_bench", 175),
+    "tta": ("experiments.accel.time_to_accuracy", 75),
+    "torch": ("experiments.accel.torch_bench", 80),
+    "profile": ("experiments.accel.profile_step", 30),
+    "micro": ("experiments.accel.micro_speed", 35),
+}
+DEADLINE_S = 480  # from the suite's start; the wheels' install and Python's start-up come before
+TINY_BUDGET_S = 120  # at least this per part in tiny mode (on a loaded 2-core CPU)
+TINY_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+RESERVE_S = 8  # kept back for packing the results
+OUT_LIMIT_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
+
+
+def source_fingerprint(repo: pathlib.Path = REPO) -> str:
+    """SHA-256 over the Python sources (path and bytes) of wsjax/, experiments/ and tests/.
+
+    The device machine gets a copy of the working tree without git: this ties its results to the commit
+    that ``prepare_device.py`` recorded with the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    for folder in ("wsjax", "experiments", "tests"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _run_child(args: argparse.Namespace) -> None:
+    from experiments.accel.context import PartContext
+
+    module = importlib.import_module(args.module)
+    ctx = PartContext(
+        args.child, args.tiny, pathlib.Path(args.work), args.data_cache_dir, args.part_deadline
+    )
+    ctx.record("started", datetime.datetime.now().isoformat(timespec="seconds"))
+    module.run(ctx)
+
+
+def _environment(work: pathlib.Path, tiny: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Parts that compile the same step (the benchmark's FLOP count, then its timing; the profile) reuse it.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(work / "jax_cache"))
+    # Tiny mode checks code paths and measures nothing: compile without optimizing (twice as fast).
+    if tiny:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {TINY_XLA_FLAGS}".strip()
+    return env
+
+
+def _nvidia_smi() -> str | None:
+    query = "name,driver_version,memory.total,memory.used,clocks.sm,clocks.max.sm,power.draw,temperature.gpu"
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def _run_part(name: str, args, work: pathlib.Path, env: dict, budget: float, log) -> dict:
+    from experiments.accel.context import read_results
+
+    started = time.time()
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.device_suite",
+        f"--child={name}",
+        f"--module={PARTS[name][0]}",
+        f"--work={work}",
+        f"--part_deadline={started + budget - 3}",
+        f"--data_cache_dir={args.data_cache_dir}",
+    ]
+    if args.tiny:
+        command.append("--tiny")
+    part_log = work / "logs" / f"{name}.log"
+    part_log.parent.mkdir(parents=True, exist_ok=True)
+    with part_log.open("w") as f:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            status = (
+                "ok" if process.wait(timeout=budget) == 0 else f"failed (exit {process.returncode})"
+            )
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {budget:.0f} s"
+        finally:  # the part and anything it started (pytest workers): its own process group
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+    wall = time.time() - started
+    text = part_log.read_text(errors="replace")
+    print(f"[suite] {name}: {status} in {wall:.0f} s (budget {budget:.0f} s)", file=log, flush=True)
+    part = {
+        "status": status,
+        "wall_s": wall,
+        "budget_s": budget,
+        "results": read_results(work / "parts" / f"{name}.json"),
+    }
+    if status != "ok":
+        part["log_tail"] = text[-3000:]
+    return part
+
+
+def _pack(out: pathlib.Path, work: pathlib.Path, results: dict, table: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "suite.log").open("w") as f:
+        for path in sorted((work / "logs").glob("*.log")):
+            f.write(f"\n===== {path.stem} =====\n")
+            f.write(path.read_text(errors="replace")[-2_000_000:])
+    members = [
+        p
+        for p in sorted(work.rglob("*"))
+        if p.is_file() and p.parts[len(work.parts)] in ("profile", "tests")
+    ]
+    for drop_traces in (False, True):
+        with tarfile.open(out / "files.tar.gz", "w:gz") as tar:
+            for path in members:
+                if not (drop_traces and "trace" in path.parts):
+                    tar.add(path, arcname=str(path.relative_to(work)))
+        if (out / "files.tar.gz").stat().st_size <= OUT_LIMIT_BYTES:
+            break
+        results["suite"]["note"] = "the profiler trace was left out: the archive was over 15 MiB"
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(table + "\n")
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    from experiments.accel.table import format_table
+
+    started = time.time()
+    deadline = started + args.deadline_s
+    names = [n.strip() for n in args.parts.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"error: unknown part(s) {unknown}; choose from {', '.join(PARTS)}.")
+    out = pathlib.Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="wsjax_out_"))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="wsjax_suite_"))
+    env = _environment(work, args.tiny)
+    manifest = DEVICE_DIR / "manifest.json"
+    results: dict = {
+        "suite": {
+            "date": datetime.date.today().isoformat(),
+            "tiny": args.tiny,
+            "source_fingerprint": source_fingerprint(),
+            "prepared": json.loads(manifest.read_text()) if manifest.exists() else None,
+            "data_cache_dir": args.data_cache_dir,
+            "nvidia_smi_before": _nvidia_smi(),
+            "deadline_s": args.deadline_s,
+        },
+        "parts": {},
+    }
+    for name in names:
+        planned = max(PARTS[name][1], TINY_BUDGET_S) if args.tiny else PARTS[name][1]
+        budget = min(planned, deadline - time.time() - RESERVE_S)
+        if budget < 10:
+            results["parts"][name] = {"status": "skipped: no time left", "wall_s": 0.0}
+            continue
+        results["parts"][name] = _run_part(name, args, work, env, budget, sys.stdout)
+    results["suite"]["nvidia_smi_after"] = _nvidia_smi()
+    results["suite"]["wall_s"] = time.time() - started
+    table = format_table(results)
+    _pack(out, work, results, table)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"[suite] results in {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(table)
+    return 0 if all(p["status"] == "ok" for p in results["parts"].values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny sizes: checks the suite in seconds"
+    )
+    parser.add_argument(
+        "--out", default=None, help="results folder (default: $OUT, else a new temp dir)"
+    )
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated, from {list(PARTS)}"
+    )
+    parser.add_argument(
+        "--deadline_s", type=float, default=DEADLINE_S, help="the whole suite's limit"
+    )
+    parser.add_argument(
+        "--data_cache_dir",
+        default=str(DEVICE_DIR / "data"),
+        help="the NumPy dataset cache the training parts read",
+    )
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--module", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--part_deadline", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _run_child(args)
+        return 0
+    return run_suite(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The device suite: its tiny mode runs every part on a CPU, and one part's failure loses no other's results."""
+
+import json
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from experiments import device_suite
+from experiments.cpu_devices import fake_cpu_env
+from tests.helpers import REPO, SHARED_TFDS, needs_fashion_mnist, tiny_config
+
+FAKE = "tests.suite_fake_part"
+
+
+def test_a_failing_or_hanging_part_loses_nothing_else(tmp_path, monkeypatch, capsys):
+    parts = {"fails": (FAKE, 60), "hangs": (FAKE, 12), "ok": (FAKE, 60)}
+    monkeypatch.setattr(device_suite, "PARTS", parts)
+    assert device_suite.main([f"--parts={','.join(parts)}", f"--out={tmp_path}"]) == 1
+    got = json.loads((tmp_path / "results.json").read_text())["parts"]
+    assert got["fails"]["status"] == "failed (exit 1)"
+    assert got["fails"]["results"]["before"] == 1 and "after" not in got["fails"]["results"]
+    assert "planted failure" in got["fails"]["log_tail"]
+    assert got["hangs"]["status"] == "timed out after 12 s"
+    assert got["hangs"]["results"]["before"] == 1  # recorded before it hung: kept
+    assert got["ok"]["status"] == "ok" and got["ok"]["results"]["after"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "files.tar.gz",
+        "results.json",
+        "suite.log",
+        "table.md",
+    ]
+    table = (tmp_path / "table.md").read_text().rstrip()
+    assert capsys.readouterr().out.rstrip().endswith(table)  # the table comes last
+    assert "fails failed (exit 1)" in table and "hangs timed out" in table and "ok ok" in table
+
+
+def test_unknown_part_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown part\(s\) \['bench2'\]"):
+        device_suite.main(["--parts=bench,bench2", f"--out={tmp_path}"])
+
+
+def test_the_suite_process_never_imports_jax():
+    """The parent must leave the accelerator to its parts (JAX would take the GPU's memory)."""
+    code = (
+        "import sys, experiments.device_suite, experiments.accel.table; "
+        "assert 'jax' not in sys.modules and 'torch' not in sys.modules, 'imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_tiny_mode_runs_every_part(tmp_path):
+    """`--tiny` is the GPU call at tiny sizes on this CPU: a typo in any part fails here, not on the GPU."""
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.device_suite", "--tiny", f"--out={tmp_path}"],
+        cwd=REPO,
+        env=fake_cpu_env(1),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["suite"]["tiny"] is True
+    assert list(results["parts"]) == list(device_suite.PARTS)
+    assert all(p["status"] == "ok" for p in results["parts"].values())
+    bench = results["parts"]["bench"]["results"]
+    assert {"precision_probe", "bf16_curve", "ws_overhead_bf16", "float32_steps"} <= set(bench)
+    tta = results["parts"]["tta"]["results"]["runs"][0]
+    assert [p["epoch"] for p in tta["curve"]] == [1, 2] and tta["test_examples"] == 512
+    assert results["parts"]["micro"]["results"]["study_model"][0]["steps_per_s"] > 0
+    with tarfile.open(tmp_path / "files.tar.gz") as tar:
+        names = tar.getnames()
+    assert "profile/train_step.optimized_hlo.txt" in names and "tests/junit.xml" in names
+    assert any(n.endswith(".xplane.pb") for n in names)
+    table = (tmp_path / "table.md").read_text()
+    assert "missing" not in table and done.stdout.rstrip().endswith(table.rstrip())
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_prepare_fills_one_folder_that_fits_the_device_tool(tmp_path):
+    from experiments import prepare_device
+
+    out = tmp_path / "device"
+    manifest = prepare_device.prepare(out, str(SHARED_TFDS), ["fashion_mnist"], wheels={})
+    assert (out / ".gitignore").read_text().splitlines()[-1] == "*"  # git ignores all of it
+    assert set(manifest["files"]) == {
+        ".gitignore",
+        "data/fashion_mnist/3.0.1/train.npz",
+        "data/fashion_mnist/3.0.1/test.npz",
+    }
+    assert manifest["source_fingerprint"] == device_suite.source_fingerprint()
+    assert manifest["travel_bytes"] < prepare_device.TRAVEL_LIMIT_BYTES
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_trains_as_the_cli_does(tmp_path):
+    """The timed driver is `experiments.train` without its bookkeeping: the same test accuracy per epoch."""
+    from experiments import train
+    from experiments.accel import time_to_accuracy
+    from experiments.metrics import read_metrics
+
+    config = tiny_config(
+        num_train_steps=-1, num_epochs=2, eval_every_steps=-1, global_batch_size=64
+    )
+    timed = time_to_accuracy.train_to_target(config, target=0.5, time_limit_s=600)
+    train.train_and_evaluate(config, str(tmp_path))
+    logged = [(r["step"], r["accuracy"]) for r in read_metrics(tmp_path) if r["split"] == "test"]
+    assert [(p["step"], p["test_accuracy"]) for p in timed["curve"]] == logged
+    assert timed["completed"] and timed["dataset_source"] == "synthetic"
+    reached = [p["train_s"] for p in timed["curve"] if p["test_accuracy"] >= 0.5]
+    assert timed["time_to_target_s"] == (reached[0] if reached else None)
+
+
+def _step(batch, seconds, mfu):
+    timing = {"median": seconds, "min": seconds, "max": seconds}
+    return {"per_device_batch": batch, "model": "vgg16", "step_time_s": timing,
+            "images_per_s": batch / seconds, "mfu": mfu, "peak_flops_per_s": 989e12}  # fmt: skip
+
+
+def test_table_rows_for_gpu_results():
+    """Every row as the GPU call will fill it (made-up numbers: this checks the formatting only)."""
+    from experiments.accel.table import format_table
+
+    overhead = {"per_device_batch": 64, "ratio": 1.01, "kernel_ratio": 1.05, "ws_step_s": 0.01,
+                "plain_step_s": 0.0099, "ws": _step(64, 0.01, 0.2)}  # fmt: skip
+    torch_run = lambda batch, s: {"batch": batch, "step_time_s": {"median": s}}
+    curve = [
+        {"epoch": 1, "train_s": 2.0, "test_accuracy": 0.91},
+        {"epoch": 2, "train_s": 4.0, "test_accuracy": 0.935},
+    ]
+    parts = {
+        "bench": {"machine": {"device_kind": "NVIDIA H200", "jax": "0.11.2"},
+                  "bf16_curve": [_step(256, 0.02, 0.45)], "ws_overhead_bf16": [overhead],
+                  "float32_steps": [_step(64, 0.03, 0.1)],
+                  "precision_probe": {"matmul_n": 8192, **{k: {"matmul_tflops": 1.0, "conv_tflops": 1.0,
+                      "matmul_relative_error_vs_float64": 1e-4, "conv_relative_error_vs_highest": 1e-4}
+                      for k in ("default", "high", "highest", "bfloat16_inputs")}}},
+        "torch": {"eager_fp32": [torch_run(64, 0.05)], "tuned_bf16": [torch_run(64, 0.02)]},
+        "tta": {"runs": [{"config": {"model": "vgg16", "dtype": "bfloat16", "global_batch_size": 512,
+                                     "num_epochs": 2}, "curve": curve, "target": 0.93, "time_to_target_s": 4.0,
+                          "final_test_accuracy": 0.935, "images_per_s": 30000.0, "compile_s": 20.0}]},
+        "micro": {"study_model": [{"normalization": "BCN+WS", "model": "vgg_small", "steps_per_s": 500.0}],
+                  "vgg16_ws_bcn_32x32": {"steps_per_s": 100.0}},
+        "profile": {"step": {"model": "vgg16", "dtype": "bfloat16", "per_device_batch": 256, "flops": 1e12}},
+    }  # fmt: skip
+    results = {
+        "suite": {"tiny": False, "source_fingerprint": "abc", "date": "2026-12-01",
+                  "prepared": {"source_fingerprint": "abc", "commit": "0123456789abcdef"}},
+        "parts": {n: {"status": "ok", "wall_s": 1.0, "results": r} for n, r in parts.items()},
+    }  # fmt: skip
+    table = format_table(results)
+    assert "missing" not in table, table
+    assert "NVIDIA H200, JAX 0.11.2, source abc (= prepared at 0123456789ab)" in table
+    assert "best batch 256 | 12,800 img/s, 20.00 ms, MFU 45.0% of 989 TFLOP/s" in table
+    assert "64: 20.0% · 256: 45.0%" in table
+    assert (
+        "ours f32 30.00 ms vs eager f32 50.00 ms; ours bf16 10.00 ms vs compiled bf16 20.00 ms"
+        in table
+    )
+    assert "WS overhead bf16, batch 64 (WSConv / nn.Conv) | 1.010x auto, 1.050x kernel" in table
+    assert "4.0 s of training (epoch 2); final 93.50%" in table
+    assert "| BCN+WS 500 |" in table and "VGG16 WS+BCN on 32x32x3 | 100 steps/s" in table
