@@ -6,9 +6,9 @@ import sys
 import tarfile
 
 import pytest
-from experiments.cpu_devices import fake_cpu_env
 
 from experiments import device_suite
+from experiments.cpu_backend import fake_cpu_env
 from tests.helpers import REPO, SHARED_TFDS, needs_fashion_mnist, tiny_config
 
 FAKE = "tests.suite_fake_part"
