@@ -8,7 +8,12 @@ XLA:CPU devices instead deadlocks in XLA:CPU's in-process all-reduce after some 
 ``cpu_devices.py``.)
 
 Each replica draws its own batch from its in-memory shard (see ``data.py``), so the data order is a pure
-function of ``(rng, step, replica)``. Gradients are averaged over replicas (a mean over the vmapped axis, then
+function of ``(rng, step, replica)``. With ``data_order="replica"`` (the default) each replica shuffles its
+whole shard, so which examples make up a step's global batch depends on the replica count. With
+``data_order="example"`` each of the global batch's G slots is its own stream, one per 1/G of the training
+split: replica d with batch b reads streams d*b to d*b + b - 1 (its shard holds exactly those when G divides
+the split's size), so the global batch at every step holds the same examples in the same order, augmented
+alike, however it is split over replicas (the micro-batch study's setting: only the batch statistics change). Gradients are averaged over replicas (a mean over the vmapped axis, then
 ``lax.pmean`` over devices); batch-norm statistics are per replica unless the model was built with
 ``axis_name=AXIS`` (one replica per device only); the running averages are averaged after every step so every
 replica keeps the same.
@@ -35,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 from experiments import augment
 
 AXIS = "batch"
+DATA_ORDERS = ("replica", "example")
 
 
 class TrainState(train_state.TrainState):
@@ -57,6 +63,13 @@ class StepConfig:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     replicas_per_device: int = 1
+    data_order: str = "replica"  # replica | example (see the module docstring)
+
+    def __post_init__(self):
+        if self.data_order not in DATA_ORDERS:
+            raise ValueError(
+                f"unknown data_order {self.data_order!r}; choose one of {', '.join(DATA_ORDERS)}."
+            )
 
     @classmethod
     def from_config(
@@ -70,6 +83,8 @@ class StepConfig:
             tuple(config.normalize_mean),
             tuple(config.normalize_std),
             config.replicas_per_device,
+            # Read here only; configs other than the micro-batch study's do not define it.
+            config.get("data_order", "replica"),
         )
 
 
@@ -78,11 +93,40 @@ def batch_indices(
 ) -> jax.Array:
     """Replica ``replica``'s example indices at ``step``: a fresh permutation of its shard every epoch."""
     epoch, position = step // cfg.steps_per_epoch, step % cfg.steps_per_epoch
+    if cfg.data_order == "example":
+        return _stream_indices(rng, epoch, position, shard_len, cfg.per_replica_batch, replica)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(rng, 0), epoch), replica)
     permutation = jax.random.permutation(key, shard_len)
     return lax.dynamic_slice(
         permutation, (position * cfg.per_replica_batch,), (cfg.per_replica_batch,)
     )
+
+
+def _stream_indices(rng, epoch, position, shard_len: int, batch: int, replica) -> jax.Array:
+    """``data_order="example"``: slot k of the replica's batch is stream ``replica * batch + k``, which owns
+    the k-th 1/batch of the replica's shard and walks a fresh permutation of it every epoch."""
+    stream_len = shard_len // batch  # = steps per epoch
+
+    def one(slot):
+        key = jax.random.fold_in(
+            jax.random.fold_in(jax.random.fold_in(rng, 0), epoch), replica * batch + slot
+        )
+        return slot * stream_len + jax.random.permutation(key, stream_len)[position]
+
+    return jax.vmap(one)(jnp.arange(batch))
+
+
+def _augment(rng, step, images, cfg: StepConfig, replica) -> jax.Array:
+    """Random crop and flip: one key per replica, or (``data_order="example"``) one per stream, so that an
+    example's augmentation does not depend on how the global batch is split."""
+    base = jax.random.fold_in(jax.random.fold_in(rng, 1), step)
+    if cfg.data_order == "example":
+        streams = replica * cfg.per_replica_batch + jnp.arange(cfg.per_replica_batch)
+        one = lambda stream, image: augment.augment(
+            jax.random.fold_in(base, stream), image[None], cfg.crop_padding, cfg.flip
+        )[0]
+        return jax.vmap(one)(streams, images)
+    return augment.augment(jax.random.fold_in(base, replica), images, cfg.crop_padding, cfg.flip)
 
 
 def replica_ids(replicas_per_device: int) -> jax.Array:
@@ -100,11 +144,8 @@ def _replica_gradient(
     """One replica's step up to its gradient: draw its batch, augment, loss, backward. No averaging."""
     indices = batch_indices(state.rng, state.step, images.shape[0], cfg, replica)
     batch_images, batch_labels = images[indices], labels[indices]
-    aug_key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step), replica
-    )
     x = augment.normalize(
-        augment.augment(aug_key, batch_images, cfg.crop_padding, cfg.flip), cfg.mean, cfg.std
+        _augment(state.rng, state.step, batch_images, cfg, replica), cfg.mean, cfg.std
     )
 
     def loss_fn(params):
