@@ -21,8 +21,10 @@ float rounding; the sweep runs them at the ends of the batch range only (``--bat
 default on a CPU) and never starts JAX itself: it asks a short-lived child for the device count, so on a TPU
 VM the chips are free for the cells, and on a GPU the parent holds no memory. ``--in_process`` runs every cell
 in this process instead (no process start-up per cell, and one persistent compilation cache that the cells of
-later seeds reuse), for accelerators where a cell takes seconds. An interrupted sweep resumes where it stopped: finished cells are
-skipped and an interrupted cell resumes from its last checkpoint. ``run`` commits nothing.
+later seeds reuse), for accelerators where a cell takes seconds. An interrupted sweep resumes where it
+stopped: finished cells are skipped and an interrupted cell resumes from its last checkpoint. A failed cell
+(e.g. a diverged run) is reported and skipped; three failures in a row stop the sweep. ``run`` commits
+nothing.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def is_finished(workdir: pathlib.Path) -> bool:
 
 
 def probe_device_count() -> int:
-    """The device count, asked of a child process: the parent must not start JAX (see the module docstring)."""
+    """The device count, asked of a child process: the parent must not start JAX (module docstring)."""
     probe = subprocess.run(
         [sys.executable, "-c", "import jax; print(jax.device_count())"],
         cwd=REPO,
@@ -165,10 +167,24 @@ def cell_config(flags: list[str]):
     from absl import flags as absl_flags
     from ml_collections import config_flags
 
+    argv = ["microbatch", f"--config={CONFIG}", *flags]
     values = absl_flags.FlagValues()
-    config_flags.DEFINE_config_file("config", str(CONFIG), flag_values=values, lock_config=True)
-    values(["microbatch", f"--config={CONFIG}", *flags])
+    # The override flags are defined from sys_argv: pass ours, not this process's command line.
+    config_flags.DEFINE_config_file(
+        "config", str(CONFIG), flag_values=values, lock_config=True, sys_argv=argv
+    )
+    values(argv)
     return values.config
+
+
+def check_flags(flags: list[str]) -> None:
+    """A bad ``--extra`` stops the sweep here, with one line, not in every cell."""
+    from absl import flags as absl_flags
+
+    try:
+        cell_config(flags)
+    except (absl_flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"bad config flag(s) in {flags}: {e}") from None
 
 
 class _InProcess:
@@ -225,6 +241,8 @@ def run(
     runner = _InProcess(sweep_dir / "compile_cache") if in_process else None
     devices = devices or (runner.devices if runner else probe_device_count())
     check_design(batches, global_batch, devices)
+    if cells:
+        check_flags([*cells[0].overrides(global_batch, devices), *extra])
     sweep_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not is_finished(sweep_dir / c.name)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished", file=sys.stderr)

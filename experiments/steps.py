@@ -13,10 +13,11 @@ whole shard, so which examples make up a step's global batch depends on the repl
 ``data_order="example"`` each of the global batch's G slots is its own stream, one per 1/G of the training
 split: replica d with batch b reads streams d*b to d*b + b - 1 (its shard holds exactly those when G divides
 the split's size), so the global batch at every step holds the same examples in the same order, augmented
-alike, however it is split over replicas (the micro-batch study's setting: only the batch statistics change). Gradients are averaged over replicas (a mean over the vmapped axis, then
-``lax.pmean`` over devices); batch-norm statistics are per replica unless the model was built with
-``axis_name=AXIS`` (one replica per device only); the running averages are averaged after every step so every
-replica keeps the same.
+alike, however it is split over replicas (the micro-batch study's setting: only the batch statistics change).
+
+Gradients are averaged over replicas (a mean over the vmapped axis, then ``lax.pmean`` over devices);
+batch-norm statistics are per replica unless the model was built with ``axis_name=AXIS`` (one replica per
+device only); the running averages are averaged after every step so every replica keeps the same.
 """
 
 from __future__ import annotations

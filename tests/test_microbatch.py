@@ -108,6 +108,11 @@ def test_design_check_names_the_fix():
         microbatch.check_design([1, 2, 3, 8], 32, 2)
     with pytest.raises(ValueError, match="positive"):
         microbatch.check_design([0, 1], 32, 1)
+    with pytest.raises(ValueError, match="bad config flag"):
+        microbatch.check_flags(["--config.no_such_field=1"])
+    with pytest.raises(ValueError, match="bad config flag"):
+        microbatch.check_flags(["--config.num_epochs=many"])
+    microbatch.check_flags(["--config.num_epochs=2"])
 
 
 def test_a_failed_cell_does_not_stop_the_sweep_but_a_broken_setup_does(tmp_path, monkeypatch):
