@@ -1,33 +1,57 @@
-"""The micro-batch study: normalization × per-device batch × seed, each cell a real training run.
+"""The micro-batch study: normalization × images per device × seed, each cell a real training run.
 
-    python -m experiments.microbatch run --workdir runs/microbatch          # resumable; skips finished cells
-    python -m experiments.microbatch report --workdir runs/microbatch      # table + plots
+    python -m experiments.microbatch run --workdir runs/microbatch           # resumable; skips finished cells
+    python -m experiments.microbatch run --workdir runs/microbatch --in_process   # one process (GPU)
+    python -m experiments.microbatch report --workdir runs/microbatch --out DIR
 
-``run`` trains every cell with ``python -m experiments.train`` in a subprocess (a clean JAX per run). Each
-cell has ``--replicas`` (default 8) of the paper's "devices", each with its own micro-batch and batch
-statistics, spread over the real devices: on one CPU or GPU all 8 are vmapped replicas on that device
-(``replicas_per_device=8``), on a TPU v3-8 one per core. An interrupted sweep resumes where it stopped:
-finished cells are skipped and an interrupted cell resumes from its last checkpoint.
+Only the per-device batch varies. Every cell trains the same global batch G (``global_batch_size`` of
+``configs/microbatch.py``) for the same steps with the same optimizer, schedule and learning rate; a cell with
+b images per device spreads each global batch over G / b replicas (the paper's devices), each normalizing with
+its own batch statistics. b = G with one replica is ordinary training, the reference. The replicas are
+vmapped on each real device (``replicas_per_device``), G / b / devices of them. With
+``data_order="example"`` (see ``steps.py``) the global batch at every step holds the same examples, in the
+same order and augmented alike, in every cell of a seed (exactly so when G divides the training-set size:
+Fashion-MNIST's 60,000 and G = 32 do), and every cell starts from the same parameters: a cell differs from
+the reference in its batch statistics and nothing else.
+
+Normalizations without batch statistics (GN, GN+WS, none) therefore train the same network at every b, up to
+float rounding; the sweep runs them at the ends of the batch range only (``--batch_free_batches``).
+
+``run`` trains each cell in a subprocess (``python -m experiments.train``: a clean JAX per cell, the robust
+default on a CPU) and never starts JAX itself: it asks a short-lived child for the device count, so on a TPU
+VM the chips are free for the cells, and on a GPU the parent holds no memory. ``--in_process`` runs every cell
+in this process instead (no process start-up per cell, and one persistent compilation cache that the cells of
+later seeds reuse), for accelerators where a cell takes seconds. An interrupted sweep resumes where it
+stopped: finished cells are skipped and an interrupted cell resumes from its last checkpoint. A failed cell
+(e.g. a diverged run) is reported and skipped; three failures in a row stop the sweep. ``run`` commits
+nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import subprocess
 import sys
+from collections.abc import Sequence
 
-# name -> (conv, norm). "none" (plain convs, no normalization) is the floor.
+# name -> (conv, norm) config values.
 NORMALIZATIONS = {
     "BN": ("plain", "bn"),
-    "GN": ("plain", "gn"),
     "BN+WS": ("ws", "bn"),
-    "GN+WS": ("ws", "gn"),
+    "BCN": ("plain", "bcn"),
     "BCN+WS": ("ws", "bcn"),
-    "none": ("plain", "none"),
+    "GN": ("plain", "gn"),
+    "GN+WS": ("ws", "gn"),
+    "none": ("plain", "none"),  # plain convs, no normalization: the floor
 }
+# No batch statistics: each example's forward pass ignores the rest of the batch, so how the global batch is
+# split over replicas cannot change the training (WS acts on weights only).
+BATCH_FREE = frozenset({"GN", "GN+WS", "none"})
 PER_DEVICE_BATCHES = (1, 2, 4, 8, 32)
+MAX_CONSECUTIVE_FAILURES = 3  # then stop: every cell is failing, not one diverged run
 CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "microbatch.py"
 REPO = CONFIG.parents[2]
 
@@ -43,22 +67,66 @@ class Cell:
         slug = self.normalization.lower().replace("+", "_")
         return f"{slug}_b{self.per_device_batch}_s{self.seed}"
 
-    def overrides(self, replicas: int, train_examples: int, devices: int = 1) -> list[str]:
+    def overrides(self, global_batch: int, devices: int) -> list[str]:
+        """The cell's ``--config.FIELD=VALUE`` flags; everything else comes from ``configs/microbatch.py``."""
         conv, norm = NORMALIZATIONS[self.normalization]
-        global_batch = replicas * self.per_device_batch
+        replicas = global_batch // self.per_device_batch
         return [
-            f"--config.replicas_per_device={replicas // devices}",
             f"--config.conv={conv}",
             f"--config.norm={norm}",
             f"--config.global_batch_size={global_batch}",
-            f"--config.num_train_steps={train_examples // global_batch}",
+            f"--config.replicas_per_device={replicas // devices}",
             f"--config.seed={self.seed}",
         ]
 
 
-def grid(normalizations, batches, seeds) -> list[Cell]:
-    # Seeds outermost: a partial sweep already covers every (norm, batch) once.
-    return [Cell(n, b, s) for s in seeds for n in normalizations for b in batches]
+def grid(
+    normalizations: Sequence[str],
+    batches: Sequence[int],
+    seeds: Sequence[int],
+    batch_free_batches: Sequence[int] | None = None,
+) -> list[Cell]:
+    """The cells, seeds outermost (a partial sweep already covers every setting once).
+
+    Args:
+      normalizations: keys of ``NORMALIZATIONS``.
+      batches: images per device.
+      seeds: one run of every setting per seed.
+      batch_free_batches: the images per device at which the ``BATCH_FREE`` normalizations run (those of
+        ``batches`` only); None: the smallest and the largest of ``batches``.
+    """
+    unknown = [n for n in normalizations if n not in NORMALIZATIONS]
+    if unknown:
+        raise ValueError(f"unknown normalization(s) {unknown}; choose from {list(NORMALIZATIONS)}.")
+    if batch_free_batches is None:
+        batch_free_batches = (min(batches), max(batches))
+    free = [b for b in batches if b in batch_free_batches]
+    return [
+        Cell(n, b, s)
+        for s in seeds
+        for n in normalizations
+        for b in (free if n in BATCH_FREE else batches)
+    ]
+
+
+def check_design(batches: Sequence[int], global_batch: int, devices: int) -> None:
+    """Every per-device batch must split the global batch into a whole number of replicas on every device."""
+    if any(b < 1 for b in batches):
+        raise ValueError(f"images per device must be positive, got {list(batches)}.")
+    step = math.lcm(*batches) * devices  # the global batches that fit every b
+    for b in batches:
+        if global_batch % (b * devices):
+            raise ValueError(
+                f"{b} image(s) per device does not fit a global batch of {global_batch} on {devices} "
+                f"device(s): the global batch must be a multiple of b × devices for every b (e.g. "
+                f"--global_batch={-(-global_batch // step) * step})."
+            )
+
+
+def default_global_batch() -> int:
+    from experiments.configs import microbatch as study_config  # ml_collections only, no JAX
+
+    return study_config.get_config().global_batch_size
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
@@ -66,54 +134,146 @@ def is_finished(workdir: pathlib.Path) -> bool:
     return info.exists() and "final_test_accuracy" in json.loads(info.read_text())
 
 
-def run_cell(
-    cell: Cell,
-    sweep_dir: pathlib.Path,
-    replicas: int,
-    devices: int,
-    train_examples: int,
-    extra: list[str],
-) -> None:
-    workdir = sweep_dir / cell.name
+def probe_device_count() -> int:
+    """The device count, asked of a child process: the parent must not start JAX (module docstring)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.device_count())"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        raise RuntimeError(f"could not count the devices: {probe.stderr.strip()[-500:]}")
+    return int(probe.stdout.split()[-1])
+
+
+def _run_subprocess(workdir: pathlib.Path, flags: list[str], log: pathlib.Path) -> str | None:
+    """Trains one cell in a child process; returns why it failed, or None."""
     command = [
         sys.executable,
         "-m",
         "experiments.train",
         f"--config={CONFIG}",
         f"--workdir={workdir}",
-        *cell.overrides(replicas, train_examples, devices),
-        *extra,
+        *flags,
     ]
-    log = (sweep_dir / "logs").joinpath(f"{cell.name}.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         result = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise RuntimeError(f"cell {cell.name} failed (exit {result.returncode}); see {log}")
+    return f"exit {result.returncode}; see {log}" if result.returncode else None
 
 
-def _real_device_count() -> int:
-    import jax
+def cell_config(flags: list[str]):
+    """``configs/microbatch.py`` with ``--config.FIELD=VALUE`` flags applied, parsed as ``train.py`` does."""
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
 
-    return jax.device_count()
+    argv = ["microbatch", f"--config={CONFIG}", *flags]
+    values = absl_flags.FlagValues()
+    # The override flags are defined from sys_argv: pass ours, not this process's command line.
+    config_flags.DEFINE_config_file(
+        "config", str(CONFIG), flag_values=values, lock_config=True, sys_argv=argv
+    )
+    values(argv)
+    return values.config
 
 
-def run(sweep_dir, replicas, seeds, normalizations, batches, train_examples, extra) -> None:
+def check_flags(flags: list[str]) -> None:
+    """A bad ``--extra`` stops the sweep here, with one line, not in every cell."""
+    from absl import flags as absl_flags
+
+    try:
+        cell_config(flags)
+    except (absl_flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"bad config flag(s) in {flags}: {e}") from None
+
+
+class _InProcess:
+    """Runs cells with ``train_and_evaluate`` in this process, sharing one persistent compilation cache."""
+
+    def __init__(self, compile_cache: pathlib.Path):
+        from experiments import xla_cpu
+
+        xla_cpu.use_xla_convolutions_on_cpu()  # before JAX's backend starts, as train.py does
+        import jax
+
+        # Cells that differ only in seed compile to the same programs: later seeds load them from disk.
+        jax.config.update("jax_compilation_cache_dir", str(compile_cache))
+        self.jax = jax
+        self.devices = jax.device_count()
+
+    def __call__(self, workdir: pathlib.Path, flags: list[str]) -> str | None:
+        """Trains one cell; returns why it failed, or None."""
+        from experiments import train
+
+        try:
+            train.train_and_evaluate(cell_config(flags), str(workdir))
+        except train.USER_ERRORS as e:  # e.g. a NaN: the other cells can still run
+            return f"{type(e).__name__}: {e}"
+        finally:
+            self.jax.clear_caches()  # this cell's executables are on disk; keep the process's memory flat
+        return None
+
+
+def run(
+    sweep_dir: str | pathlib.Path,
+    seeds: Sequence[int],
+    normalizations: Sequence[str],
+    batches: Sequence[int],
+    batch_free_batches: Sequence[int] | None = None,
+    global_batch: int | None = None,
+    extra: Sequence[str] = (),
+    in_process: bool = False,
+    devices: int = 0,
+) -> None:
+    """Trains every unfinished cell of the grid in ``sweep_dir/<cell name>/`` (see ``grid`` for the args).
+
+    Args:
+      global_batch: images per step in every cell (None: the config's ``global_batch_size``).
+      extra: further ``--config.FIELD=VALUE`` flags for every cell.
+      in_process: train in this process (starts JAX here) instead of one subprocess per cell.
+      devices: the device count if known (0: ask a child process, or JAX itself when ``in_process``).
+    """
     from tqdm.auto import tqdm
 
-    devices = _real_device_count()
-    if replicas < 1 or replicas % devices:
-        raise SystemExit(
-            f"error: --replicas={replicas} must be a positive multiple of the {devices} devices here."
-        )
+    global_batch = global_batch or default_global_batch()
     sweep_dir = pathlib.Path(sweep_dir)
+    cells = grid(normalizations, batches, seeds, batch_free_batches)
+    runner = _InProcess(sweep_dir / "compile_cache") if in_process else None
+    devices = devices or (runner.devices if runner else probe_device_count())
+    check_design(batches, global_batch, devices)
+    if cells:
+        check_flags([*cells[0].overrides(global_batch, devices), *extra])
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    cells = grid(normalizations, batches, seeds)
     todo = [c for c in cells if not is_finished(sweep_dir / c.name)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished", file=sys.stderr)
+    failed: list[str] = []
+    streak = 0  # consecutive failures: a broken setup fails every cell, a diverged run only its own
     for cell in (bar := tqdm(todo, desc="cells", unit="cell")):
         bar.set_postfix_str(cell.name)
-        run_cell(cell, sweep_dir, replicas, devices, train_examples, extra)
+        flags = [*cell.overrides(global_batch, devices), *extra]
+        workdir = sweep_dir / cell.name
+        if runner:
+            why = runner(workdir, flags)
+        else:
+            log = sweep_dir / "logs" / f"{cell.name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            why = _run_subprocess(workdir, flags, log)
+        streak = streak + 1 if why else 0
+        if why:
+            print(f"\ncell {cell.name} failed ({why})", file=sys.stderr)
+            failed.append(cell.name)
+        if streak == MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeError(f"the last {streak} cells all failed ({why}); stopped")
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them"
+        )
+
+
+def _batch_free(flag: list[str], batches: list[str]) -> list[int] | None:
+    if flag == ["ends"]:
+        return None
+    return [int(b) for b in (batches if flag == ["all"] else flag)]
 
 
 def main(argv: list[str]) -> None:
@@ -124,20 +284,25 @@ def main(argv: list[str]) -> None:
         raise SystemExit(
             "usage: python -m experiments.microbatch {run,report} --workdir DIR [flags]"
         )
-    if argv[1] == "run":
-        run(
-            FLAGS.workdir,
-            FLAGS.replicas,
-            [int(s) for s in FLAGS.seeds],
-            FLAGS.normalizations,
-            [int(b) for b in FLAGS.per_device_batches],
-            FLAGS.train_examples,
-            FLAGS.extra,
-        )
-    else:
+    if argv[1] == "report":
         from experiments import microbatch_report
 
         microbatch_report.write_report(FLAGS.workdir, FLAGS.out)
+        return
+    try:
+        run(
+            FLAGS.workdir,
+            [int(s) for s in FLAGS.seeds],
+            FLAGS.normalizations,
+            [int(b) for b in FLAGS.per_device_batches],
+            _batch_free(FLAGS.batch_free_batches, FLAGS.per_device_batches),
+            FLAGS.global_batch,
+            FLAGS.extra,
+            FLAGS.in_process,
+            FLAGS.devices,
+        )
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
@@ -146,22 +311,26 @@ if __name__ == "__main__":
     flags.DEFINE_string(
         "workdir", None, "Sweep directory: one sub-directory per cell.", required=True
     )
-    flags.DEFINE_integer(
-        "replicas",
-        8,
-        "The paper's devices per cell (each its own micro-batch and statistics), spread evenly over the "
-        "real devices.",
-    )
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+    flags.DEFINE_list("normalizations", list(NORMALIZATIONS), f"Subset of {list(NORMALIZATIONS)}.")
     flags.DEFINE_list(
-        "normalizations",
-        [n for n in NORMALIZATIONS if n != "none"],
-        f"Subset of {list(NORMALIZATIONS)} ('none': plain convs, no normalization, a floor).",
+        "per_device_batches", [str(b) for b in PER_DEVICE_BATCHES], "Images per device."
     )
     flags.DEFINE_list(
-        "per_device_batches", [str(b) for b in PER_DEVICE_BATCHES], "Per-device batch sizes."
+        "batch_free_batches",
+        ["ends"],
+        f"Images per device at which {sorted(BATCH_FREE)} run (the same training at every b): 'ends' (the "
+        "smallest and largest of --per_device_batches), 'all', or a list.",
     )
-    flags.DEFINE_integer("train_examples", 20_000, "Examples seen by every cell.")
+    flags.DEFINE_integer(
+        "global_batch",
+        None,
+        "Images per step in every cell (default: the config's global_batch_size).",
+    )
     flags.DEFINE_multi_string("extra", [], "Further --config.FIELD=VALUE for every cell.")
-    flags.DEFINE_string("out", "experiments/results/microbatch", "Report folder.")
+    flags.DEFINE_bool(
+        "in_process", False, "Train every cell in this process (accelerators: many short runs)."
+    )
+    flags.DEFINE_integer("devices", 0, "Device count if known (0: ask a child process).")
+    flags.DEFINE_string("out", "experiments/results/microbatch2", "Report folder.")
     app.run(main)

@@ -1,170 +1,448 @@
-"""Reads a micro-batch sweep's runs and writes the table, the accuracy-vs-batch plot and training curves."""
+"""Reads a micro-batch sweep and writes its table, the paper's claims checked against it, and the figure.
+
+``write_report(sweep_dir, out_dir)`` writes ``results.md`` (design check, accuracy table, one computed
+statement per claim of the paper, the paper's own figures beside ours), ``microbatch.png`` (accuracy vs
+images per device beside the training curves) and ``cells.json``. Every figure in the text is computed from
+the cells' ``run_info.json``/``config.json``/``metrics.jsonl``; only the paper's figures (``PAPER``) are
+quoted, each with its source.
+"""
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import pathlib
 import statistics
+import typing
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments.metrics import read_metrics  # noqa: E402
-from experiments.microbatch import NORMALIZATIONS  # noqa: E402
+from experiments.microbatch import BATCH_FREE, NORMALIZATIONS  # noqa: E402
 
 NAME_BY_SETTING = {setting: name for name, setting in NORMALIZATIONS.items()}
+# Colour per normalization family; dashed without WS, solid with it.
+STYLE = {
+    "BN": ("tab:blue", "--", "o"),
+    "BN+WS": ("tab:blue", "-", "o"),
+    "BCN": ("tab:red", "--", "s"),
+    "BCN+WS": ("tab:red", "-", "s"),
+    "GN": ("tab:green", "--", "^"),
+    "GN+WS": ("tab:green", "-", "^"),
+    "none": ("tab:gray", ":", "x"),
+}
+# Two means differ when they are further apart than this many standard errors of their difference.
+SIGNIFICANT_SE = 2.0
+
+# The paper's figures and its authors' (quoted, with their sources; errors in %, lower is better, unless the
+# metric says otherwise). The WS paper's own tables could not be retrieved here; these are the figures its
+# authors published in their code READMEs, and the GN paper's batch-size figures that the WS paper builds on.
+PAPER = [
+    {
+        "source": "Wu & He, *Group Normalization* (arXiv 1803.08494), Fig. 1: BN 23.6 → 34.7, GN 24.1",
+        "setting": "ImageNet, ResNet-50, 8 GPUs, ~100 epochs of SGD",
+        "metric": "top-1 error (%)",
+        "BN large": ("23.6", "32/GPU"),
+        "BN micro": ("34.7", "2/GPU"),
+        "GN": ("24.1", "any"),
+    },
+    {
+        "source": "Qiao et al., github.com/joe-siyuan-qiao/pytorch-classification README (commit e6355f8)",
+        "setting": "ImageNet, ResNet-50, 90 epochs of SGD; GN+WS trained as 1 image/GPU",
+        "metric": "top-1 error (%)",
+        "GN+WS": ("23.72", "1/GPU"),
+    },
+    {
+        "source": "Qiao et al., github.com/joe-siyuan-qiao/Batch-Channel-Normalization, DeepLabV3/README "
+        "(commit 0244c3e)",
+        "setting": "PASCAL VOC 2012 segmentation, DeepLabV3 ResNet-101",
+        "metric": "mIoU (%), higher is better",
+        "BN large": ("76.49", "BN"),
+        "GN+WS": ("77.20", ""),
+        "BCN+WS": ("78.10", ""),
+    },
+]
 
 
 def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
-    """One record per finished cell: normalization, per-device batch, seed, accuracy, curves, provenance."""
+    """One record per finished cell: its setting, final accuracy, curves and provenance."""
     cells = []
-    for run in sorted(pathlib.Path(sweep_dir).iterdir()):
+    for run in sorted(p for p in pathlib.Path(sweep_dir).iterdir() if p.is_dir()):
         info_path, config_path = run / "run_info.json", run / "config.json"
         if not info_path.exists() or not config_path.exists():
             continue
         info, config = json.loads(info_path.read_text()), json.loads(config_path.read_text())
         if "final_test_accuracy" not in info:
             continue  # unfinished
-        records = read_metrics(run)
-        # The paper's "devices": real devices × vmapped replicas on each.
+        metrics_path = run / "metrics.jsonl"
+        records = [
+            json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()
+        ]
         replicas = info["device_count"] * config.get("replicas_per_device", 1)
         cells.append(
             {
+                "name": run.name,
                 "normalization": NAME_BY_SETTING[(config["conv"], config["norm"])],
                 "per_device_batch": config["global_batch_size"] // replicas,
                 "replicas": replicas,
+                "device_count": info["device_count"],
+                "global_batch": config["global_batch_size"],
+                "data_order": config.get("data_order", "replica"),
                 "seed": config["seed"],
                 "accuracy": info["final_test_accuracy"],
                 "steps": info["final_step"],
-                "examples": info["final_step"] * config["global_batch_size"],
                 "wall_time_s": info["train_wall_time_s"],
                 "commit": info["commit"],
                 "model": config["model"],
                 "dataset": config["dataset"],
-                "train_curve": [
-                    (r["step"] * config["global_batch_size"], r["loss"])
-                    for r in records
-                    if r["split"] == "train"
+                "optimizer": f"{config['optimizer']} {config['learning_rate']:g} {config['schedule']}",
+                "train_loss": [(r["step"], r["loss"]) for r in records if r["split"] == "train"],
+                "test_accuracy": [
+                    (r["step"], r["accuracy"]) for r in records if r["split"] == "test"
                 ],
             }
         )
     return cells
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+class Stat(typing.NamedTuple):
+    """A setting's test accuracy over seeds, in percent."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        pct = [100 * v for v in values]
+        return cls(statistics.fmean(pct), statistics.stdev(pct) if len(pct) > 1 else 0.0, len(pct))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f}%"
 
 
-def summarize(cells: list[dict]) -> dict[tuple[str, int], list[float]]:
-    table = collections.defaultdict(list)
+def summarize(cells: list[dict]) -> dict[tuple[str, int], Stat]:
+    accs = collections.defaultdict(list)
     for c in cells:
-        table[(c["normalization"], c["per_device_batch"])].append(c["accuracy"])
-    return table
+        accs[(c["normalization"], c["per_device_batch"])].append(c["accuracy"])
+    return {k: Stat.of(v) for k, v in accs.items()}
+
+
+def compare(a: Stat, b: Stat) -> tuple[float, float, str]:
+    """``(a - b, standard error of the difference, 'higher' | 'lower' | 'level')`` in points."""
+    diff = a.mean - b.mean
+    se = math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
+    if a.n < 2 or b.n < 2:
+        return diff, se, "higher" if diff > 0 else "lower"  # no spread to judge by: the sign only
+    if abs(diff) <= SIGNIFICANT_SE * se:
+        return diff, se, "level"
+    return diff, se, "higher" if diff > 0 else "lower"
+
+
+def _vs(a: Stat, b: Stat) -> str:
+    diff, se, _ = compare(a, b)
+    return f"{a} vs {b} ({diff:+.2f} points, s.e. {se:.2f})"
+
+
+def design_check(cells: list[dict]) -> str:
+    """States what every cell shares; flags any cell that breaks the design."""
+    shared = {
+        key: sorted({str(c[key]) for c in cells})
+        for key in ("global_batch", "steps", "data_order", "model", "dataset", "optimizer")
+    }
+    lines = []
+    for key, values in shared.items():
+        mark = "" if len(values) == 1 else "  **DIFFERS: the cells are not comparable**"
+        lines.append(f"- {key}: {', '.join(values)}{mark}")
+    splits = sorted({(c["per_device_batch"], c["replicas"]) for c in cells})
+    lines.append(
+        "- images per device × replicas: "
+        + ", ".join(f"{b} × {r}" for b, r in splits)
+        + (
+            ""
+            if all(b * r == int(shared["global_batch"][0]) for b, r in splits)
+            else "  **DIFFERS from the global batch**"
+        )
+    )
+    commits = {
+        c["commit"][:12] + ("-dirty" if c["commit"].endswith("-dirty") else "") for c in cells
+    }
+    lines.append(f"- commit(s): {', '.join(sorted(commits))}")
+    return "\n".join(lines)
 
 
 def markdown_table(cells: list[dict]) -> str:
     table = summarize(cells)
     norms = [n for n in NORMALIZATIONS if any(k[0] == n for k in table)]
     batches = sorted({k[1] for k in table})
-    first = cells[0]
     lines = [
-        f"Test accuracy (%), mean ± std over seeds (n per cell in brackets); {first['dataset']}, model "
-        f"{first['model']}, {first['replicas']} devices (replicas) with their own batch statistics, "
-        f"{first['examples']:,} training examples per cell, commit(s) {', '.join(sorted({c['commit'][:12] for c in cells}))}.",
-        "",
         "| normalization | " + " | ".join(f"{b}/device" for b in batches) + " |",
         "|---|" + "---|" * len(batches),
     ]
     for n in norms:
-        row = []
-        for b in batches:
-            accs = table.get((n, b), [])
-            if accs:
-                mean, std = _mean_std(accs)
-                row.append(f"{100 * mean:.2f} ± {100 * std:.2f} ({len(accs)})")
-            else:
-                row.append("—")
+        row = [
+            f"{table[(n, b)].mean:.2f} ± {table[(n, b)].std:.2f} ({table[(n, b)].n})"
+            if (n, b) in table
+            else "—"
+            for b in batches
+        ]
         lines.append(f"| {n} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
-def plot_accuracy(cells: list[dict], path: pathlib.Path) -> None:
+def _verdict(outcomes: list[str], wanted: tuple[str, ...]) -> str:
+    good = sum(o in wanted for o in outcomes)
+    if good == len(outcomes):
+        return "**holds**"
+    return "**does not hold**" if good == 0 else f"**holds in part** ({good} of {len(outcomes)})"
+
+
+def claims(cells: list[dict]) -> list[str]:
+    """One computed statement per claim of the paper, each ending in a verdict."""
     table = summarize(cells)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=150)
-    for n in NORMALIZATIONS:
-        batches = sorted(b for (m, b) in table if m == n)
-        if not batches:
-            continue
-        stats = [_mean_std(table[(n, b)]) for b in batches]
+    batches = sorted({k[1] for k in table})
+    ref_b = max(batches)
+    ref = table.get(("BN", ref_b))
+    micro = [b for b in batches if b <= 2]
+    out = []
+
+    # (1) BN degrades at 1-2 images per device.
+    rows = [(b, table[("BN", b)]) for b in micro if ("BN", b) in table]
+    if ref and rows:
+        outcomes = [compare(s, ref)[2] for _, s in rows]
+        detail = "; ".join(f"at {b}/device {_vs(s, ref)}" for b, s in rows)
+        out.append(
+            f"1. *BN degrades at 1-2 images per device* (vs BN at {ref_b}/device): {detail}. "
+            + _verdict(outcomes, ("lower",))
+        )
+    else:
+        out.append(
+            "1. *BN degrades at 1-2 images per device*: not measured (needs BN at 1-2 and at the largest b)."
+        )
+
+    # (2) WS improves GN and BN (and BCN, an extra).
+    parts, outcomes = [], []
+    for base in ("BN", "GN", "BCN"):
+        pairs = [(b, table[(base + "+WS", b)], table[(base, b)]) for b in batches
+                 if (base, b) in table and (base + "+WS", b) in table]  # fmt: skip
+        outcomes += [compare(ws, plain)[2] for _, ws, plain in pairs]
+        if pairs:
+            parts.append(
+                f"{base}+WS vs {base}: "
+                + "; ".join(f"{b}/device {_vs(ws, plain)}" for b, ws, plain in pairs)
+            )
+    if parts:
+        out.append(
+            "2. *WS improves GN and BN*: "
+            + ". ".join(parts)
+            + ". "
+            + _verdict(outcomes, ("higher",))
+        )
+    else:
+        out.append(
+            "2. *WS improves GN and BN*: not measured (needs a normalization with and without WS)."
+        )
+
+    # (3) BCN+WS at micro-batch matches or beats large-batch BN, and beats GN+WS.
+    rows = [(b, table[("BCN+WS", b)]) for b in micro if ("BCN+WS", b) in table]
+    if ref and rows:
+        vs_bn = [compare(s, ref)[2] for _, s in rows]
+        text = "; ".join(f"at {b}/device {_vs(s, ref)}" for b, s in rows)
+        statement = (
+            f"3. *BCN+WS at micro-batch matches or beats BN at {ref_b}/device*: {text}. "
+            + _verdict(vs_bn, ("higher", "level"))
+        )
+        gn = [(b, s, table[("GN+WS", b)]) for b, s in rows if ("GN+WS", b) in table]
+        if gn:
+            statement += (
+                " *…and beats GN+WS*: "
+                + "; ".join(f"at {b}/device {_vs(s, g)}" for b, s, g in gn)
+                + ". "
+                + _verdict([compare(s, g)[2] for _, s, g in gn], ("higher",))
+            )
+        out.append(statement)
+    else:
+        out.append("3. *BCN+WS at micro-batch matches large-batch BN*: not measured.")
+
+    # The batch-free normalizations train the same network at every b: their spread across b is rounding.
+    for n in sorted(BATCH_FREE & {k[0] for k in table}):
+        runs = [(b, table[(n, b)]) for b in batches if (n, b) in table]
+        if len(runs) > 1:
+            out.append(
+                f"- Control: {n} uses no batch statistics, so its {runs[0][0]}/device and {runs[-1][0]}/device "
+                f"cells train the same network up to float rounding: {_vs(runs[0][1], runs[-1][1])}."
+            )
+    return out
+
+
+def paper_table(cells: list[dict]) -> str:
+    """The paper's figures (quoted) beside ours (computed, as test error in %)."""
+    table = summarize(cells)
+    batches = sorted({k[1] for k in table})
+    ref_b, micro_b = max(batches), min(batches)
+    first = cells[0]
+
+    def err(n, b):
+        return f"{100 - table[(n, b)].mean:.2f} ({b}/device)" if (n, b) in table else "—"
+
+    gn_b = next((b for b in (micro_b, ref_b) if ("GN", b) in table), micro_b)
+    gnws_b = next((b for b in (micro_b, ref_b) if ("GN+WS", b) in table), micro_b)
+    ours = {
+        "source": "**ours** (this sweep)",
+        "setting": f"{first['dataset']}, {first['model']}, {first['steps']:,} steps of {first['global_batch']}, "
+        f"{first['optimizer']}",
+        "metric": "test error (%)",
+        "BN large": (err("BN", ref_b), ""),
+        "BN micro": (err("BN", micro_b), ""),
+        "GN": (err("GN", gn_b), ""),
+        "GN+WS": (err("GN+WS", gnws_b), ""),
+        "BCN+WS": (err("BCN+WS", micro_b), ""),
+    }
+    columns = ("BN large", "BN micro", "GN", "GN+WS", "BCN+WS")
+    lines = [
+        "| source | setting | metric | BN, large batch | BN, micro-batch | GN | GN+WS | BCN+WS, micro-batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in [*PAPER, ours]:
+        cells_md = []
+        for col in columns:
+            value, note = row.get(col, ("—", ""))
+            cells_md.append(f"{value} ({note})" if note else value)
+        lines.append(
+            f"| {row['source']} | {row['setting']} | {row['metric']} | "
+            + " | ".join(cells_md)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _mean_curve(runs: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
+    """Mean over seeds at the steps every seed logged."""
+    steps = sorted(set.intersection(*(set(s for s, _ in r) for r in runs)))
+    values = [statistics.fmean(dict(r)[s] for r in runs) for s in steps]
+    return steps, values
+
+
+def plot(cells: list[dict], path: pathlib.Path) -> None:
+    """Accuracy vs images per device (log 2), BN at the largest b as a band; curves at the smallest b."""
+    table = summarize(cells)
+    batches = sorted({k[1] for k in table})
+    ref_b, micro_b = max(batches), min(batches)
+    norms = [n for n in NORMALIZATIONS if any(k[0] == n for k in table)]
+    first = cells[0]
+    fig, (ax, ax_acc, ax_loss) = plt.subplots(
+        1, 3, figsize=(16, 5.2), dpi=130, gridspec_kw={"width_ratios": [1.35, 1, 1]}
+    )
+    if ("BN", ref_b) in table:
+        ref = table[("BN", ref_b)]
+        ax.axhspan(
+            ref.mean - ref.std,
+            ref.mean + ref.std,
+            color="black",
+            alpha=0.1,
+            lw=0,
+            label=f"BN at {ref_b}/device, mean ± std: the reference",
+        )
+    for i, n in enumerate(norms):
+        color, line, marker = STYLE[n]
+        bs = [b for b in batches if (n, b) in table]
+        shift = 2 ** (
+            0.05 * (i - len(norms) / 2)
+        )  # side by side, so that error bars do not overlap
         ax.errorbar(
-            batches,
-            [100 * m for m, _ in stats],
-            yerr=[100 * s for _, s in stats],
-            marker="o",
+            [b * shift for b in bs],
+            [table[(n, b)].mean for b in bs],
+            yerr=[table[(n, b)].std for b in bs],
+            color=color,
+            ls=line,
+            marker=marker,
             capsize=3,
-            label=n,
+            label=n + (" (no batch statistics)" if n in BATCH_FREE else ""),
         )
     ax.set_xscale("log", base=2)
-    ax.set_xticks(
-        sorted({b for _, b in table}), labels=[str(b) for b in sorted({b for _, b in table})]
-    )
-    ax.set_xlabel("images per device (batch statistics per device)")
-    ax.set_ylabel("test accuracy (%)")
-    first = cells[0]
+    ax.set_xticks(batches, labels=[str(b) for b in batches])
+    ax.set_xlabel("images per device (each device normalizes with its own batch statistics)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(
-        f"Micro-batch training: {first['dataset']}, {first['model']}, {first['replicas']} devices\n"
-        f"{first['examples']:,} training examples per cell (fewer steps at larger batches)",
+        f"{first['dataset']}, {first['model']}: every cell {first['steps']:,} steps of "
+        f"{first['global_batch']} images,\nthe same examples; only their split over devices differs",
         fontsize=10,
     )
     ax.grid(alpha=0.3)
-    ax.legend(title="normalization", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    ax.legend(fontsize=8, loc="lower right", title="dashed: without WS", title_fontsize=8)
 
-
-def plot_curves(cells: list[dict], path: pathlib.Path) -> None:
-    batches = sorted({c["per_device_batch"] for c in cells})
-    fig, axes = plt.subplots(
-        1, len(batches), figsize=(3.2 * len(batches), 3.2), dpi=130, sharey=True, squeeze=False
-    )
-    for ax, b in zip(axes[0], batches, strict=True):
-        for i, n in enumerate(NORMALIZATIONS):
-            runs = [
-                c
-                for c in cells
-                if c["per_device_batch"] == b
-                and c["normalization"] == n
-                and c["seed"] == min(cc["seed"] for cc in cells)
-            ]
-            for c in runs:
-                xs, ys = zip(*c["train_curve"], strict=True) if c["train_curve"] else ((), ())
-                ax.plot([x / 1000 for x in xs], ys, color=f"C{i}", label=n, lw=1)
-        ax.set_title(f"{b} image(s)/device")
-        ax.set_xlabel("examples seen (thousands)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("training loss")
-    axes[0][0].set_ylim(0, 2.5)
-    axes[0][-1].legend(fontsize=7)
+    # Right-hand panels: every normalization at the smallest b, and BN at the largest as the reference.
+    curves = [(n, micro_b, *STYLE[n][:2], 1.3, n) for n in norms]
+    curves.append(("BN", ref_b, "black", ":", 2.2, f"BN at {ref_b}/device (reference)"))
+    for n, b, color, line, width, label in curves:
+        runs = [c for c in cells if c["normalization"] == n and c["per_device_batch"] == b]
+        if not runs:
+            continue
+        steps, acc = _mean_curve([r["test_accuracy"] for r in runs])
+        ax_acc.plot(
+            steps, [100 * a for a in acc], color=color, ls=line, lw=width, marker=".", label=label
+        )
+        steps, loss = _mean_curve([r["train_loss"] for r in runs])
+        ax_loss.plot(steps, loss, color=color, ls=line, lw=width, label=label)
+    ax_acc.set_title(f"test accuracy during training, {micro_b} image(s)/device", fontsize=10)
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("test accuracy (%), mean over seeds")
+    ax_loss.set_title(f"training loss, {micro_b} image(s)/device", fontsize=10)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("training loss (batch statistics in use), mean over seeds")
+    ax_loss.set_yscale("log")
+    for a in (ax_acc, ax_loss):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def write_report(sweep_dir: str | pathlib.Path, out_dir: str | pathlib.Path) -> pathlib.Path:
-    """Writes ``results.md``, ``accuracy_vs_batch.png``, ``training_curves.png`` and ``cells.json``."""
+    """Writes ``results.md``, ``microbatch.png`` and ``cells.json`` into ``out_dir``."""
     cells = collect(sweep_dir)
     if not cells:
         raise ValueError(f"no finished cells under {sweep_dir}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown_table(cells))
-    plot_accuracy(cells, out / "accuracy_vs_batch.png")
-    plot_curves(cells, out / "training_curves.png")
+    first = cells[0]
+    text = [
+        "## Design (read from the cells)",
+        "",
+        design_check(cells),
+        "",
+        "## Test accuracy (%), mean ± std over seeds (seeds in brackets)",
+        "",
+        markdown_table(cells),
+        "",
+        f"## The paper's claims, checked (two means differ when more than {SIGNIFICANT_SE:g} standard errors "
+        "apart)",
+        "",
+        *claims(cells),
+        "",
+        "## The paper's figures beside ours",
+        "",
+        paper_table(cells),
+        "",
+        f"Differs from the paper: dataset ({first['dataset']}, not ImageNet/VOC), model ({first['model']}, not "
+        f"ResNet-50/101), budget ({first['steps']:,} steps of {first['global_batch']} images, "
+        f"{first['optimizer']}; the paper: ~100 epochs of SGD), and the devices are replicas vmapped on "
+        f"{first['device_count']} device(s).",
+        "",
+    ]
+    (out / "results.md").write_text("\n".join(text))
+    plot(cells, out / "microbatch.png")
     (out / "cells.json").write_text(
-        json.dumps([{k: v for k, v in c.items() if k != "train_curve"} for c in cells], indent=1)
+        json.dumps(
+            [
+                {k: v for k, v in c.items() if k not in ("train_loss", "test_accuracy")}
+                for c in cells
+            ],
+            indent=1,
+        )
     )
     return out

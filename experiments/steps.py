@@ -7,7 +7,15 @@ over all replicas). That emulates the paper's many-device setting on one CPU or 
 ``train_and_evaluate`` runs several fake CPU devices (see ``placement.py``).
 
 Each replica draws its own batch from its in-memory shard (see ``data.py``), so the data order is a pure
-function of ``(rng, step, replica)`` (the streams are in ``rng.py``). Gradients are averaged over replicas (a
+function of ``(rng, step, replica)`` (the streams are in ``rng.py``). With ``data_order="replica"`` (the
+default) each replica shuffles its whole shard, so which examples make up a step's global batch depends on the
+replica count. With ``data_order="example"`` each of the global batch's G slots is its own stream, one per 1/G
+of the training split: replica d with batch b reads streams d*b to d*b + b - 1 (its shard holds exactly those
+when G divides the split's size), so the global batch at every step holds the same examples in the same order,
+augmented alike, however it is split over replicas (the micro-batch study's setting: only the batch
+statistics change).
+
+Gradients are averaged over replicas (a
 mean over the vmapped axis, then ``lax.pmean`` over devices); batch-norm statistics are per replica unless the
 model was built with ``axis_name=AXIS`` and ``StepConfig.pool_replicas`` is set (``sync_batch_stats``: over the
 global batch); the running averages are averaged after every step so every replica keeps the same.
@@ -35,6 +43,7 @@ from experiments import augment
 from experiments import rng as rng_streams
 
 AXIS = "batch"
+DATA_ORDERS = ("replica", "example")
 
 
 class TrainState(train_state.TrainState):
@@ -59,6 +68,13 @@ class StepConfig:
     # Batch statistics synced over all replicas (a model built with axis_name=AXIS): a device's replicas run
     # as one batch (see _pooled_gradient).
     pool_replicas: bool = False
+    data_order: str = "replica"  # replica | example (see the module docstring)
+
+    def __post_init__(self):
+        if self.data_order not in DATA_ORDERS:
+            raise ValueError(
+                f"unknown data_order {self.data_order!r}; choose one of {', '.join(DATA_ORDERS)}."
+            )
 
     @classmethod
     def from_config(
@@ -73,6 +89,8 @@ class StepConfig:
             std=tuple(config.normalize_std),
             replicas_per_device=config.replicas_per_device,
             pool_replicas=config.sync_batch_stats,
+            # Read here only; configs other than the micro-batch study's do not define it.
+            data_order=config.get("data_order", "replica"),
         )
 
 
@@ -81,10 +99,37 @@ def batch_indices(
 ) -> jax.Array:
     """Replica ``replica``'s example indices at ``step``: a fresh permutation of its shard every epoch."""
     epoch, position = step // cfg.steps_per_epoch, step % cfg.steps_per_epoch
+    if cfg.data_order == "example":
+        return _stream_indices(rng, epoch, position, shard_len, cfg.per_replica_batch, replica)
     permutation = jax.random.permutation(rng_streams.data_order_key(rng, epoch, replica), shard_len)
     return lax.dynamic_slice(
         permutation, (position * cfg.per_replica_batch,), (cfg.per_replica_batch,)
     )
+
+
+def _stream_indices(rng, epoch, position, shard_len: int, batch: int, replica) -> jax.Array:
+    """``data_order="example"``: slot k of the replica's batch is stream ``replica * batch + k``, which owns
+    the k-th 1/batch of the replica's shard and walks a fresh permutation of it every epoch."""
+    stream_len = shard_len // batch  # = steps per epoch
+
+    def one(slot):
+        key = rng_streams.data_order_key(rng, epoch, replica * batch + slot)
+        return slot * stream_len + jax.random.permutation(key, stream_len)[position]
+
+    return jax.vmap(one)(jnp.arange(batch))
+
+
+def _augment(rng, step, images, cfg: StepConfig, replica) -> jax.Array:
+    """Random crop and flip: one key per replica, or (``data_order="example"``) one per stream, so that an
+    example's augmentation does not depend on how the global batch is split."""
+    if cfg.data_order == "example":
+        streams = replica * cfg.per_replica_batch + jnp.arange(cfg.per_replica_batch)
+        one = lambda stream, image: augment.augment(
+            rng_streams.augmentation_key(rng, step, stream), image[None], cfg.crop_padding, cfg.flip
+        )[0]
+        return jax.vmap(one)(streams, images)
+    key = rng_streams.augmentation_key(rng, step, replica)
+    return augment.augment(key, images, cfg.crop_padding, cfg.flip)
 
 
 def draw_batch(
@@ -101,8 +146,7 @@ def draw_batch(
       ``(x, labels)``: the batch augmented and normalized (float32), and its labels.
     """
     indices = batch_indices(rng, step, images.shape[0], cfg, replica)
-    key = rng_streams.augmentation_key(rng, step, replica)
-    x = augment.augment(key, images[indices], cfg.crop_padding, cfg.flip)
+    x = _augment(rng, step, images[indices], cfg, replica)
     return augment.normalize(x, cfg.mean, cfg.std), labels[indices]
 
 

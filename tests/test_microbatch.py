@@ -1,56 +1,220 @@
-"""The micro-batch sweep driver and its report, on a tiny synthetic grid."""
+"""The micro-batch study: only the per-device batch varies between cells; the driver, its report."""
 
 import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from experiments import microbatch, microbatch_report
+from experiments import microbatch, microbatch_report, steps
 from tests.helpers import REPO
+from wsjax.models import VGG, norm_layer
 
-pytestmark = pytest.mark.slow
+N, G = 64, 16  # training examples, global batch: 4 steps per epoch
 
 
-def test_grid_overrides_keep_examples_seen_constant():
-    cells = microbatch.grid(["BN", "BCN+WS"], [1, 4], [0, 1])
-    assert len(cells) == 8 and cells[0].seed == 0 and cells[-1].seed == 1
-    steps = {}
-    for cell in cells:
-        args = dict(
-            a.removeprefix("--config.").split("=")
-            for a in cell.overrides(replicas=8, train_examples=640)
-        )
-        steps[cell.per_device_batch] = int(args["num_train_steps"]) * int(args["global_batch_size"])
-        assert args["replicas_per_device"] == "8"  # one device here: all 8 replicas on it
-    assert steps == {1: 640, 4: 640}
-    assert (
-        dict(a.split("=") for a in microbatch.Cell("BCN+WS", 2, 0).overrides(8, 64))[
-            "--config.norm"
+def _cfg(replicas: int, order: str, augment: bool = False) -> steps.StepConfig:
+    b = G // replicas
+    return steps.StepConfig(b, N // G, 2 * augment, augment, (0.5,), (0.5,), replicas, order)
+
+
+def _global_batches(replicas: int, order: str, num_steps: int) -> np.ndarray:
+    """The global example indices at each step, replica by replica (as data.py shards the split)."""
+    cfg, shard = _cfg(replicas, order), N // replicas
+    rng = jax.random.PRNGKey(7)
+    indices = jax.jit(steps.batch_indices, static_argnums=(2, 3))
+    return np.stack(
+        [
+            np.concatenate(
+                [
+                    d * shard + np.asarray(indices(rng, jnp.int32(s), shard, cfg, jnp.int32(d)))
+                    for d in range(replicas)
+                ]
+            )
+            for s in range(num_steps)
         ]
-        == "bcn"
     )
 
 
-def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
-    sweep = tmp_path / "sweep"
-    command = [
-        sys.executable, "-m", "experiments.microbatch", "run", f"--workdir={sweep}", "--replicas=2", "--seeds=0,1",
-        "--normalizations=BN,BCN+WS", "--per_device_batches=1,4", "--train_examples=64",
-        "--extra=--config.dataset=synthetic", "--extra=--config.model=vgg_tiny", "--extra=--config.num_groups=4",
-        "--extra=--config.eval_batch_size=128",
+def test_example_order_gives_every_split_the_same_global_batches():
+    reference = _global_batches(1, "example", 8)  # two epochs
+    for replicas in (2, 4, 16):
+        np.testing.assert_array_equal(_global_batches(replicas, "example", 8), reference)
+    for epoch in (reference[:4], reference[4:]):  # every example once per epoch
+        assert sorted(epoch.ravel()) == list(range(N))
+    assert not np.array_equal(reference[:4], reference[4:])  # a fresh order each epoch
+    # The default order shuffles each replica's shard on its own: the global batches depend on the split.
+    assert not np.array_equal(_global_batches(4, "replica", 8), _global_batches(1, "replica", 8))
+
+
+def _train(replicas: int, norm: str, num_steps: int = 5):
+    """``num_steps`` of SGD from seed 0 with crop + flip, the global batch split over vmapped replicas."""
+    mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
+    model = VGG(stages=((8,), (16,)), norm=norm_layer(norm, num_groups=4))
+    state = steps.create_train_state(model, optax.sgd(0.1), (8, 8, 3), seed=0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (N, 8, 8, 3), dtype=np.uint8).reshape(
+        replicas, N // replicas, 8, 8, 3
+    )
+    labels = rng.integers(0, 10, N).astype(np.int32).reshape(replicas, N // replicas)
+    sharding = NamedSharding(mesh, P(steps.AXIS))
+    images, labels = jax.device_put(images, sharding), jax.device_put(labels, sharding)
+    train_step = steps.make_train_step(mesh, _cfg(replicas, "example", augment=True))
+    for _ in range(num_steps):
+        state, metrics = train_step(state, images, labels)
+    return jax.device_get((state.params, metrics["loss"]))
+
+
+def test_split_changes_nothing_but_the_batch_statistics():
+    # GN has no batch statistics: 1 replica of 16 and 8 replicas of 2 are the same training (same examples,
+    # same augmentation, same mean gradient) up to float rounding, over an epoch boundary.
+    (params1, loss1), (params8, loss8) = _train(1, "gn"), _train(8, "gn")
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params8), jax.tree.leaves(params1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # BN normalizes with each replica's statistics: the split changes the training.
+    (_, bn_loss1), (_, bn_loss8) = _train(1, "bn"), _train(8, "bn")
+    assert not np.isclose(bn_loss8, bn_loss1, rtol=1e-3)
+
+
+def test_grid_keeps_the_global_batch_and_varies_the_replicas():
+    cells = microbatch.grid(["BN", "GN+WS"], [1, 4, 32], [0, 1])  # GN+WS: the ends only
+    assert cells[0].seed == 0 and cells[-1].seed == 1  # seeds outermost
+    assert sorted({(c.normalization, c.per_device_batch) for c in cells}) == [
+        ("BN", 1), ("BN", 4), ("BN", 32), ("GN+WS", 1), ("GN+WS", 32),
     ]  # fmt: skip
+    for cell in cells:
+        for devices in (1, 2) if cell.per_device_batch < 32 else (1,):
+            args = dict(a.removeprefix("--config.").split("=") for a in cell.overrides(32, devices))
+            assert int(args["global_batch_size"]) == 32
+            replicas = int(args["replicas_per_device"]) * devices
+            assert replicas * cell.per_device_batch == 32
+    assert len(microbatch.grid(["GN"], [1, 4, 32], [0], batch_free_batches=[1, 4, 32])) == 3
+    with pytest.raises(ValueError, match="unknown normalization"):
+        microbatch.grid(["LN"], [1], [0])
+
+
+def test_design_check_names_the_fix():
+    microbatch.check_design([1, 2, 4, 8, 32], 32, 1)
+    with pytest.raises(ValueError, match="--global_batch=256"):
+        microbatch.check_design([1, 2, 4, 8, 32], 32, 8)  # 32 images on 8 devices: no 32 per device
+    with pytest.raises(ValueError, match="3 image.*--global_batch=48"):
+        microbatch.check_design([1, 2, 3, 8], 32, 2)
+    with pytest.raises(ValueError, match="positive"):
+        microbatch.check_design([0, 1], 32, 1)
+    with pytest.raises(ValueError, match="bad config flag"):
+        microbatch.check_flags(["--config.no_such_field=1"])
+    with pytest.raises(ValueError, match="bad config flag"):
+        microbatch.check_flags(["--config.num_epochs=many"])
+    microbatch.check_flags(["--config.num_epochs=2"])
+
+
+def test_a_failed_cell_does_not_stop_the_sweep_but_a_broken_setup_does(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_cell(workdir, flags, log):  # "trains" a cell, or fails like a diverged run
+        trained.append(workdir.name)
+        if workdir.name in failing:
+            return "exit 1"
+        workdir.mkdir(parents=True)
+        (workdir / "run_info.json").write_text(json.dumps({"final_test_accuracy": 0.9}))
+        return None
+
+    monkeypatch.setattr(microbatch, "_run_subprocess", fake_cell)
+    failing = {"bn_b2_s0"}
+    with pytest.raises(RuntimeError, match=r"1 cell\(s\) failed: bn_b2_s0"):
+        microbatch.run(tmp_path / "a", [0], ["BN"], [1, 2, 4], global_batch=4, devices=1)
+    assert trained == ["bn_b1_s0", "bn_b2_s0", "bn_b4_s0"]  # went on after the failure
+    trained.clear()
+    failing = {"bn_b2_s0"} | {f"bn_b{b}_s1" for b in (1, 2, 4)}
+    with pytest.raises(RuntimeError, match="the last 3 cells all failed"):
+        microbatch.run(tmp_path / "a", [0, 1, 2], ["BN"], [1, 2, 4], global_batch=4, devices=1)
+    assert trained == [
+        "bn_b2_s0",
+        "bn_b1_s1",
+        "bn_b2_s1",
+    ]  # finished cells skipped; stopped at 3 in a row
+
+
+# Runs the driver's parent as ``python -m experiments.microbatch`` would, then checks it never imported JAX
+# (on a TPU VM its children could not open the chips; on a GPU it would hold memory).
+PARENT = """
+import runpy, sys
+sys.argv = ["microbatch", *sys.argv[1:]]
+try:
+    runpy.run_module("experiments.microbatch", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    if e.code:
+        raise
+assert "jax" not in sys.modules, "the driver's parent imported jax"
+print("the parent never imported jax")
+"""
+TINY = [
+    "--seeds=0,1", "--normalizations=BN,BCN+WS,GN+WS", "--per_device_batches=1,2,8", "--global_batch=8",
+    "--extra=--config.dataset=synthetic", "--extra=--config.model=vgg_tiny", "--extra=--config.num_groups=4",
+    "--extra=--config.num_train_steps=6", "--extra=--config.eval_every_steps=3",
+    "--extra=--config.log_every_steps=2", "--extra=--config.eval_batch_size=128",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tiny_sweep_equal_steps_and_batch_resumes_and_reports(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-c", PARENT, "run", f"--workdir={sweep}", *TINY]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "the parent never imported jax" in first.stdout
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert "8 of 8 cells already finished" in again.stderr
+    assert "16 of 16 cells already finished" in again.stderr, again.stderr[-2000:]
+
+    cells = microbatch_report.collect(sweep)
+    assert len(cells) == 16  # ((BN, BCN+WS) × 3 batches + GN+WS × (1, 8)) × 2 seeds
+    assert {c["steps"] for c in cells} == {6} and {c["global_batch"] for c in cells} == {8}
+    assert {c["data_order"] for c in cells} == {"example"}
+    assert {(c["per_device_batch"], c["replicas"]) for c in cells} == {(1, 8), (2, 4), (8, 1)}
+    # GN+WS uses no batch statistics: its b = 1 and b = 8 cells are one training, up to float rounding.
+    gn = {
+        (c["per_device_batch"], c["seed"]): c["accuracy"]
+        for c in cells
+        if c["normalization"] == "GN+WS"
+    }
+    for seed in (0, 1):
+        assert abs(gn[(1, seed)] - gn[(8, seed)]) <= 2 / 512
 
     out = microbatch_report.write_report(sweep, tmp_path / "report")
-    table = (out / "results.md").read_text()
-    assert "| BN |" in table and "| BCN+WS |" in table and "(2)" in table  # two seeds per cell
-    assert "1/device" in table and "4/device" in table
-    for name in ("accuracy_vs_batch.png", "training_curves.png"):
-        assert (out / name).stat().st_size > 10_000
-    cells = json.loads((out / "cells.json").read_text())
-    assert {c["examples"] for c in cells} == {64}
-    assert {c["replicas"] for c in cells} == {2}
+    text = (out / "results.md").read_text()
+    assert "- steps: 6\n" in text and "- global_batch: 8\n" in text and "DIFFERS" not in text
+    assert "| BN | " in text and "| BCN+WS | " in text and "(2) |" in text  # two seeds per cell
+    for claim in (
+        "1. *BN degrades",
+        "2. *WS improves",
+        "3. *BCN+WS at micro-batch",
+        "beats GN+WS",
+        "Control: GN+WS",
+    ):
+        assert claim in text
+    assert "23.72" in text  # the paper's figures beside ours
+    assert (out / "microbatch.png").stat().st_size > 20_000
+    assert len(json.loads((out / "cells.json").read_text())) == 16
+
+
+@pytest.mark.slow
+def test_in_process_matches_a_subprocess(tmp_path):
+    args = ["--seeds=0", "--normalizations=BCN+WS", "--per_device_batches=2", *TINY[3:]]
+    for mode, extra in (("sub", []), ("in", ["--in_process"])):
+        result = subprocess.run(
+            [sys.executable, "-m", "experiments.microbatch", "run", f"--workdir={tmp_path / mode}", *args, *extra],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    sub, inproc = (microbatch_report.collect(tmp_path / m) for m in ("sub", "in"))
+    assert (
+        sub[0]["accuracy"] == inproc[0]["accuracy"] and sub[0]["steps"] == inproc[0]["steps"] == 6
+    )
+    assert (tmp_path / "in" / "compile_cache").is_dir()

@@ -1,15 +1,17 @@
-"""One cell of the micro-batch study (BN vs GN vs GN+WS vs BN+WS vs BCN+WS across per-device batch sizes).
+"""One cell of the micro-batch study: the same training run, its global batch split over 32 / b replicas.
 
-The driver ``python -m experiments.microbatch run`` sets ``norm``, ``conv``, ``global_batch_size``
-(= replicas × per-device batch), ``replicas_per_device``, ``num_train_steps`` (= its --train_examples / global
-batch) and ``seed`` for each cell; everything else is shared, so every cell sees the same number of examples
-with the same optimizer and schedule. Batch statistics are per replica: the paper's setting of several
-devices with a micro-batch each (8 vmapped replicas on one CPU here).
+The driver ``python -m experiments.microbatch run`` sets ``conv``, ``norm``, ``replicas_per_device`` (global
+batch / per-device batch / devices) and ``seed`` for each cell; everything here is shared, so every cell
+trains the same steps on the same examples with the same optimizer and schedule. ``data_order="example"``
+makes each step's global batch the same whatever the split (see ``experiments/steps.py``).
 
-Budget chosen for a 2-core CPU (about an hour for 5 normalizations × 5 batch sizes × 2 seeds): a narrow
-6-conv VGG (16-32-64) on Fashion-MNIST, 20,000 training examples per cell (a third of an epoch; XLA:CPU
-trains this model at about 300 images/s here). On a TPU VM or GPUs, run the same driver with
-``--train_examples=500000 --extra=--config.dataset=cifar10 --extra=--config.model=vgg16``.
+Run one cell:  python -m experiments.train --config experiments/configs/microbatch.py --workdir runs/mb_bn \
+                   --config.conv=plain --config.norm=bn
+Expect:        the reference cell (BN, 32 images on one replica, seed 0) reached 0.9107 test accuracy
+               (0.8685 after epoch 1, 0.8994 after epoch 2) at commit 279ba05 on the 2-core CPU.
+Runtime:       5,625 steps; XLA:CPU took 0.06 s per step with 32 images on one replica and 0.13 s with 32
+               replicas of 1 image (300-step timings at load ~5; 0.10 s per step median for the reference
+               run under load ~10): about 6 and 13 minutes per cell on an idle 2-core CPU.
 """
 
 from experiments.configs import quick
@@ -17,15 +19,19 @@ from experiments.configs import quick
 
 def get_config():
     config = quick.get_config()  # Fashion-MNIST (from ../shared when present), crop 2 + flip
-    config.model = "vgg_small"
-    config.num_groups = 8
-    config.sync_batch_stats = False
+    config.model = "vgg_small"  # six 3x3 convs of 16-16-32-32-64-64 channels
+    config.num_groups = 8  # GN and BCN's channel groups
+    config.sync_batch_stats = False  # each replica normalizes with its own batch statistics
+    config.global_batch_size = (
+        32  # divides Fashion-MNIST's 60,000: identical global batches in every cell
+    )
+    config.data_order = "example"  # the same global batches however they are split (see steps.py)
     config.optimizer = "adam"
     config.learning_rate = 1e-3
     config.schedule = "cosine"
-    config.num_epochs = 1  # unused once num_train_steps is set by the driver
-    config.eval_every_steps = -1  # at the end of the (only) epoch
-    config.checkpoint_every_steps = 1000
-    config.log_every_steps = 50
+    config.num_epochs = 3  # 1,875 steps each
+    config.eval_every_steps = -1  # every epoch: the training curves
+    config.checkpoint_every_steps = -1  # every epoch
+    config.log_every_steps = 100
     config.progress_bar = False
     return config
