@@ -85,7 +85,8 @@ def start_cli(args: list[str], devices: int = 1) -> subprocess.Popen:
     )
 
 
-def wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
+def wait_for(predicate, timeout: float = 300, what: str = "condition") -> None:
+    """Polls ``predicate`` until true; generous, since a loaded 2-core machine can take minutes to start."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
