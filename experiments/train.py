@@ -100,13 +100,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             run.close()
 
 
-def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
-    """Devices, data, model, optimizer, compiled steps, and the state restored from the newest checkpoint."""
-    is_main = jax.process_index() == 0
+@dataclasses.dataclass
+class Training:
+    """Everything a run computes with, before any checkpoint or workdir: see :func:`build`."""
+
+    mesh: Mesh
+    dataset: data.Dataset
+    state: steps.TrainState
+    schedule: Any
+    steps_per_epoch: int
+    total_steps: int
+    eval_per_replica: int
+    step_config: steps.StepConfig
+
+    def train_step(self):
+        return steps.make_train_step(self.mesh, self.step_config)
+
+    def eval_step(self):
+        return steps.make_eval_step(self.mesh, self.step_config, self.eval_per_replica)
+
+
+def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
+    """Devices, data, model, optimizer and the initial state of ``config``'s run (no workdir involved).
+
+    Shared by :func:`train_and_evaluate` and the device suite's time-to-accuracy part, so both train the same.
+    """
     where = placement.plan(
         jax.devices(), config.replicas_per_device, jax.default_backend(), jax.process_index()
     )
-    if is_main and where.notice:
+    if announce and jax.process_index() == 0 and where.notice:
         print(where.notice, file=sys.stderr)
     mesh = Mesh(np.array(where.devices), (steps.AXIS,))
     num_replicas = mesh.devices.size * where.replicas_per_device
@@ -143,9 +165,29 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
             model, optim.make_optimizer(config, schedule), dataset.image_shape, config.seed
         )
     state = jax.device_put(state, NamedSharding(mesh, P()))
+    step_config = dataclasses.replace(
+        steps.StepConfig.from_config(config, per_replica_batch, steps_per_epoch),
+        replicas_per_device=where.replicas_per_device,
+    )
+    return Training(
+        mesh=mesh,
+        dataset=dataset,
+        state=state,
+        schedule=schedule,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        eval_per_replica=eval_per_replica,
+        step_config=step_config,
+    )
 
+
+def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
+    """:func:`build`, then the state restored from the newest checkpoint and the run's writers."""
+    is_main = jax.process_index() == 0
+    training = build(config)
+    steps_per_epoch, start_state = training.steps_per_epoch, training.state
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    state, restored_step, skipped = checkpoints.restore_latest(state)
+    state, restored_step, skipped = checkpoints.restore_latest(start_state)
     start_step = int(restored_step or 0)
     if is_main:
         for message in skipped:
@@ -157,21 +199,17 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
             )
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-    step_cfg = dataclasses.replace(
-        steps.StepConfig.from_config(config, per_replica_batch, steps_per_epoch),
-        replicas_per_device=where.replicas_per_device,
-    )
     return Run(
         config=config,
         is_main=is_main,
-        dataset=dataset,
+        dataset=training.dataset,
         state=state,
         start_step=start_step,
-        total_steps=total_steps,
-        schedule=schedule,
-        train_step=steps.make_train_step(mesh, step_cfg),
-        eval_step=steps.make_eval_step(mesh, step_cfg, eval_per_replica),
-        eval_per_replica=eval_per_replica,
+        total_steps=training.total_steps,
+        schedule=training.schedule,
+        train_step=training.train_step(),
+        eval_step=training.eval_step(),
+        eval_per_replica=training.eval_per_replica,
         log_every=max(1, config.log_every_steps),
         eval_every=_every(config.eval_every_steps, steps_per_epoch),
         checkpoint_every=_every(config.checkpoint_every_steps, steps_per_epoch),

@@ -23,47 +23,20 @@ TARGET = 0.93
 def train_to_target(config, target: float, time_limit_s: float) -> dict[str, Any]:
     """Trains ``config`` epoch by epoch; returns the curve and the training time to ``target``."""
     import jax
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from experiments import data, model_factory, optim, steps, train
+    from experiments import loop, train
 
     started = time.perf_counter()
-    num_devices = jax.device_count()
-    train.validate(config, num_devices)
-    mesh = Mesh(np.array(jax.devices()), (steps.AXIS,))
-    num_replicas = num_devices * config.replicas_per_device
-    per_replica_batch = config.global_batch_size // num_replicas
-    eval_per_replica = max(1, -(-config.eval_batch_size // num_replicas))
+    train.validate(config, jax.device_count())
     load_started = time.perf_counter()
-    dataset = data.load(
-        config.dataset,
-        mesh,
-        config.data_dir,
-        config.download,
-        test_pad_multiple=eval_per_replica,
-        replicas_per_device=config.replicas_per_device,
-        cache_dir=config.data_cache_dir,
-    )
+    training = train.build(config)  # exactly what train_and_evaluate trains
     load_s = time.perf_counter() - load_started
-    steps_per_epoch = dataset.train.per_replica // per_replica_batch
-    total_steps = config.num_epochs * steps_per_epoch
-    model = model_factory.build_model(
-        config, dataset.num_classes, steps.AXIS if config.sync_batch_stats else None
-    )
-    schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
-    state = steps.create_train_state(
-        model, optim.make_optimizer(config, schedule), dataset.image_shape, config.seed
-    )
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    step_cfg = steps.StepConfig.from_config(config, per_replica_batch, steps_per_epoch)
+    dataset, state, steps_per_epoch = training.dataset, training.state, training.steps_per_epoch
+    eval_per_replica = training.eval_per_replica
     train_images, train_labels = dataset.train.images, dataset.train.labels
     compile_started = time.perf_counter()
-    train_step = (
-        steps.make_train_step(mesh, step_cfg).lower(state, train_images, train_labels).compile()
-    )
-    eval_step = steps.make_eval_step(mesh, step_cfg, eval_per_replica)
+    train_step = training.train_step().lower(state, train_images, train_labels).compile()
+    eval_step = training.eval_step()
     compile_s = time.perf_counter() - compile_started
     curve, train_s, time_to_target = [], 0.0, None
     for epoch in range(1, config.num_epochs + 1):
@@ -76,7 +49,7 @@ def train_to_target(config, target: float, time_limit_s: float) -> dict[str, Any
         train_s += time.perf_counter() - clock
         if not math.isfinite(float(metrics["loss"])):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}")
-        test = train._evaluate(eval_step, state, dataset.test, eval_per_replica)
+        test = loop.evaluate(eval_step, state, dataset.test, eval_per_replica)
         curve.append(
             {
                 "epoch": epoch,
@@ -106,7 +79,7 @@ def train_to_target(config, target: float, time_limit_s: float) -> dict[str, Any
         "dataset_source": dataset.source,
         "test_examples": dataset.test.num_examples,
         "steps_per_epoch": steps_per_epoch,
-        "data_load_s": load_s,
+        "data_load_s": load_s,  # data, model and initial state
         "compile_s": compile_s,
         "images_per_s": len(curve)
         * steps_per_epoch
@@ -124,10 +97,9 @@ def _config(ctx: PartContext, **overrides):
     from experiments.configs import fast_gpu
 
     config = fast_gpu.get_config()
-    if (
-        ctx.tiny
-    ):  # the same code path on synthetic 28x28x1 data, in seconds (float32: XLA:CPU compiles
-        # bfloat16 steps slowly; the dtype is only a config string to this code)
+    if ctx.tiny:
+        # The same code path on synthetic 28x28x1 data, in seconds (float32: XLA:CPU compiles bfloat16
+        # steps slowly; the dtype is only a config string to this code).
         config.update(
             dataset="synthetic",
             model="vgg_tiny",
