@@ -7,7 +7,7 @@
 Compilation is excluded, every timing waits for the device (``block_until_ready``), and each figure is the
 median of several repeats with its min-max. Prints one line per case on stderr as it goes (a full run takes
 minutes), then a table, and writes JSON with the machine, the device, the JAX/Flax versions and the commit to
-``experiments/results/benchmarks/DATE_TIME_DEVICE_COMMIT.json`` (a second run never overwrites the first).
+``results/benchmarks/DATE_TIME_DEVICE_COMMIT.json`` (a second run never overwrites the first).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from experiments import cpu_backend, provenance, steps
 from experiments.bench import cases
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "benchmarks"
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results" / "benchmarks"
 
 
 class _Progress:

@@ -332,5 +332,5 @@ if __name__ == "__main__":
         "in_process", False, "Train every cell in this process (accelerators: many short runs)."
     )
     flags.DEFINE_integer("devices", 0, "Device count if known (0: ask a child process).")
-    flags.DEFINE_string("out", "experiments/results/microbatch2", "Report folder.")
+    flags.DEFINE_string("out", "results/microbatch2", "Report folder.")
     app.run(main)
