@@ -191,9 +191,9 @@ class _InProcess:
     """Runs cells with ``train_and_evaluate`` in this process, sharing one persistent compilation cache."""
 
     def __init__(self, compile_cache: pathlib.Path):
-        from experiments import xla_cpu
+        from experiments import cpu_backend
 
-        xla_cpu.use_xla_convolutions_on_cpu()  # before JAX's backend starts, as train.py does
+        cpu_backend.configure()  # before JAX's backend starts, as train_and_evaluate does
         import jax
 
         # Cells that differ only in seed compile to the same programs: later seeds load them from disk.
