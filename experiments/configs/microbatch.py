@@ -7,11 +7,10 @@ makes each step's global batch the same whatever the split (see ``experiments/st
 
 Run one cell:  python -m experiments.train --config experiments/configs/microbatch.py --workdir runs/mb_bn \
                    --config.conv=plain --config.norm=bn
-Expect:        the reference cell (BN, 32 images on one replica, seed 0) reached 0.9107 test accuracy
-               (0.8685 after epoch 1, 0.8994 after epoch 2) at commit 279ba05 on the 2-core CPU.
-Runtime:       5,625 steps; XLA:CPU took 0.06 s per step with 32 images on one replica and 0.13 s with 32
-               replicas of 1 image (300-step timings at load ~5; 0.10 s per step median for the reference
-               run under load ~10): about 6 and 13 minutes per cell on an idle 2-core CPU.
+Expect:        the reference cell (BN, 32 images on one replica, seed 0): its accuracy, and the sweep's cost
+               from its per-step times, are in the README (*The micro-batch study*, Budget), measured in
+               results/microbatch2/calibration/.
+Runtime:       5,625 steps per cell; minutes per cell on a 2-core CPU, hours for the sweep (README, Budget).
 """
 
 from experiments.configs import quick
