@@ -27,6 +27,18 @@ def scaled_standardize(w, gain, eps=1e-4):
     ).reshape(w.shape)
 
 
+def scaled_standardize_timm(w, gain, eps=1e-6):
+    """timm's ScaledStdConv2d: gain * fan_in**-0.5 * (w - mean) / sqrt(var + eps), biased variance."""
+    w = np.asarray(w, np.float64)
+    flat = w.reshape(-1, w.shape[-1])
+    fan_in = flat.shape[0]
+    mean = flat.mean(axis=0)
+    var = flat.var(axis=0)
+    return (
+        np.asarray(gain, np.float64) * fan_in**-0.5 * (flat - mean) / np.sqrt(var + eps)
+    ).reshape(w.shape)
+
+
 def estimated_batch_norm(x, state, scale, bias, momentum=0.9, eps=1e-5, train=True):
     """Channels-last EBN: update running (mean, var) with the batch's biased moments, then normalize."""
     x = np.asarray(x, np.float64)

@@ -76,6 +76,10 @@ LAYER_CASES = [
         lambda: wsjax.ScaledWSConv(6, (3, 3)),
         lambda: wnnx.ScaledWSConv(4, 6, (3, 3), rngs=nnx.Rngs(0)),
     ),
+    (
+        lambda: wsjax.ScaledWSConv(6, (3, 3), form="timm"),
+        lambda: wnnx.ScaledWSConv(4, 6, (3, 3), form="timm", rngs=nnx.Rngs(0)),
+    ),
 ]
 
 
@@ -169,6 +173,11 @@ def test_nnx_call_leaves_the_stored_kernel_raw():
     nnx.jit(lambda m, x: m(x))(module, x)
     np.testing.assert_array_equal(module.kernel[...], raw)
     assert set(nnx.state(module, nnx.Param).keys()) == {"kernel", "bias"}
+
+
+def test_nnx_scaled_ws_conv_unknown_form():
+    with pytest.raises(ValueError, match="ScaledWSConv: form must be one of"):
+        wnnx.ScaledWSConv(4, 6, (3, 3), form="haiku", rngs=nnx.Rngs(0))
 
 
 def test_nnx_scaled_ws_conv_gain_init():

@@ -36,7 +36,7 @@ from wsjax._output_standardization import (
     standardizes_output,
     window_sums,
 )
-from wsjax._scaled_standardization import scaled_standardize
+from wsjax._scaled_standardization import check_form, scaled_standardize
 from wsjax._standardization import DEFAULT, Standardization, as_standardization
 
 ConvGeneralDilated = Callable[..., jax.Array]
@@ -244,19 +244,28 @@ class ScaledWSConv(nn.Conv):
 
        y = \operatorname{conv}(x, \hat w) + b, \qquad
        \hat w_{\cdot o} = g_o \, \frac{w_{\cdot o} - \mu_o}{\sqrt{\max(n \sigma_o^2, \epsilon)}}
+       \quad\text{or, form "timm",}\quad
+       \hat w_{\cdot o} = g_o \, n^{-1/2} \, \frac{w_{\cdot o} - \mu_o}{\sqrt{\sigma_o^2 + \epsilon}}
 
     with a learnable per-output-channel gain :math:`g` (parameter ``'gain'``) and the biased variance over
-    the ``n = fan_in`` entries of each channel.
+    the ``n = fan_in`` entries of each channel (see :func:`wsjax.scaled_standardize`).
 
     Args:
-      eps: floor of ``var * fan_in``; NFNets use 1e-4.
+      eps: None: the form's default, 1e-4 for NFNets (floor of ``var * fan_in``), 1e-6 for timm (added to
+        ``var``).
+      form: ``"nfnet"`` (NFNets' code, default) or ``"timm"`` (timm's ``ScaledStdConv2d``).
       gain_init: initializer of ``gain``, called as ``gain_init(key, (features,), param_dtype)``; ones.
       conv_general_dilated: as for :class:`WSConv`, :func:`wsjax.cpu.conv_general_dilated` by default.
     """
 
-    eps: float = 1e-4
+    eps: float | None = None
+    form: str = "nfnet"
     gain_init: Callable[..., jax.Array] = nn.initializers.ones
     conv_general_dilated: ConvGeneralDilated | None = cpu.conv_general_dilated
+
+    def __post_init__(self) -> None:
+        check_form(self.form, "ScaledWSConv")
+        super().__post_init__()
 
     def param(self, name: str, init_fn: Callable[..., Any], *init_args, **init_kwargs) -> Any:
         """``nn.Module.param``; asked for the ``kernel``, creates ``gain`` too and returns :math:`\\hat w`.
@@ -283,9 +292,9 @@ class ScaledWSConv(nn.Conv):
           params: the layer's parameters (``kernel``, ``gain``, and ``bias`` if any).
 
         Returns:
-          ``scaled_standardize(params["kernel"], params["gain"], self.eps)``.
+          ``scaled_standardize(params["kernel"], params["gain"], self.eps, self.form)``.
         """
-        return scaled_standardize(params["kernel"], params["gain"], self.eps)
+        return scaled_standardize(params["kernel"], params["gain"], self.eps, self.form)
 
 
 def is_standardized(module: nn.Module) -> bool:
