@@ -116,13 +116,16 @@ def test_nnx_gradients_reach_kernel_and_gain():
     assert np.abs(np.asarray(grads["gain"][...])).max() > 0
 
 
-@pytest.mark.parametrize("estimate", [True, False])
-def test_bcn_linen_equals_nnx_over_training_and_eval(estimate):
+@pytest.mark.parametrize(
+    "estimate, variance_around",
+    [(True, "batch_mean"), (True, "running_mean"), (False, "batch_mean")],
+)
+def test_bcn_linen_equals_nnx_over_training_and_eval(estimate, variance_around):
     batches = [jax.random.normal(jax.random.key(i), (4, 5, 5, 8)) * 2 + 1 for i in range(3)]
-    linen = wsjax.BatchChannelNorm(num_groups=4, estimate=estimate)
+    linen = wsjax.BatchChannelNorm(num_groups=4, estimate=estimate, variance_around=variance_around)
     variables = linen.init(jax.random.key(0), batches[0], use_running_average=False)
     params, stats = _random_like(variables["params"], 3), variables["batch_stats"]
-    module = wnnx.BatchChannelNorm(8, 4, estimate=estimate)
+    module = wnnx.BatchChannelNorm(8, 4, estimate=estimate, variance_around=variance_around)
     _load(module, params)
     for x in batches[:2]:
         want, updates = linen.apply(
