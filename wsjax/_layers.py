@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 
 from wsjax import cpu
+from wsjax._autoname import name_as_flax_layer
 from wsjax._output_standardization import (
     check_apply_to,
     conv_fan_in,
@@ -56,6 +57,7 @@ class _StandardizesKernel(nn.Module):
 
     def __post_init__(self) -> None:
         # Before Flax freezes the dataclass (as Flax itself sets `parent` and `name` here).
+        _name_as_extended_layer(self)
         resolved = as_standardization(
             self.standardization,
             eps=self.eps,
@@ -265,6 +267,7 @@ class ScaledWSConv(nn.Conv):
 
     def __post_init__(self) -> None:
         check_form(self.form, "ScaledWSConv")
+        _name_as_extended_layer(self)
         super().__post_init__()
 
     def param(self, name: str, init_fn: Callable[..., Any], *init_args, **init_kwargs) -> Any:
@@ -295,6 +298,21 @@ class ScaledWSConv(nn.Conv):
           ``scaled_standardize(params["kernel"], params["gain"], self.eps, self.form)``.
         """
         return scaled_standardize(params["kernel"], params["gain"], self.eps, self.form)
+
+
+# The Flax layer each extends, whose auto-names (Conv_0, ...) it takes; a user's subclass keeps Flax's own.
+_EXTENDED_LAYER_NAMES = {
+    WSConv: "Conv",
+    WSConvTranspose: "ConvTranspose",
+    WSDense: "Dense",
+    ScaledWSConv: "Conv",
+}
+
+
+def _name_as_extended_layer(module: nn.Module) -> None:
+    prefix = _EXTENDED_LAYER_NAMES.get(type(module))
+    if prefix is not None:
+        name_as_flax_layer(module, prefix)
 
 
 def is_standardized(module: nn.Module) -> bool:
