@@ -108,7 +108,7 @@ class WSConv(_StandardizesKernel, nn.Conv):
 
     with per-output-channel statistics over ``kernel_size × in_features // feature_group_count`` entries, in
     the convention of ``standardization``. Every ``nn.Conv`` argument works as in ``nn.Conv``; parameter
-    names, shapes and initial values are ``nn.Conv``'s.
+    names, shapes and initial values are ``nn.Conv``'s, and so is an unnamed layer's auto-name (``Conv_0``).
 
     ``apply_to`` chooses where the standardization is applied; the maths is the same. A convolution is linear
     in its kernel, so with ``scale = 1 / sqrt(var + eps)``:
