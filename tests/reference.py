@@ -27,14 +27,34 @@ def scaled_standardize(w, gain, eps=1e-4):
     ).reshape(w.shape)
 
 
-def estimated_batch_norm(x, state, scale, bias, momentum=0.9, eps=1e-5, train=True):
-    """Channels-last EBN: update running (mean, var) with the batch's biased moments, then normalize."""
+def scaled_standardize_timm(w, gain, eps=1e-6):
+    """timm's ScaledStdConv2d: gain * fan_in**-0.5 * (w - mean) / sqrt(var + eps), biased variance."""
+    w = np.asarray(w, np.float64)
+    flat = w.reshape(-1, w.shape[-1])
+    fan_in = flat.shape[0]
+    mean = flat.mean(axis=0)
+    var = flat.var(axis=0)
+    return (
+        np.asarray(gain, np.float64) * fan_in**-0.5 * (flat - mean) / np.sqrt(var + eps)
+    ).reshape(w.shape)
+
+
+def estimated_batch_norm(
+    x, state, scale, bias, momentum=0.9, eps=1e-5, train=True, variance_around="batch_mean"
+):
+    """Channels-last EBN: update running (mean, var) from the batch, then normalize with them.
+
+    The variance fed to the running one is the batch's biased variance (labml, ``"batch_mean"``) or the
+    batch's mean square around the old running mean (the official EstBN, ``"running_mean"``).
+    """
     x = np.asarray(x, np.float64)
     mean, var = (np.asarray(s, np.float64) for s in state)
     if train:
         axes = tuple(range(x.ndim - 1))
+        centre = x.mean(axis=axes) if variance_around == "batch_mean" else mean
+        batch_var = ((x - centre) ** 2).mean(axis=axes)
         mean = momentum * mean + (1 - momentum) * x.mean(axis=axes)
-        var = momentum * var + (1 - momentum) * x.var(axis=axes)
+        var = momentum * var + (1 - momentum) * batch_var
     y = (x - mean) / np.sqrt(var + eps) * np.asarray(scale) + np.asarray(bias)
     return y, (mean, var)
 

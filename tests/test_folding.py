@@ -66,3 +66,33 @@ def test_folded_kernel_is_the_standardized_one():
     np.testing.assert_array_equal(
         folded["params"]["kernel"], wsjax.standardize(variables["params"]["kernel"])
     )
+
+
+def test_fold_in_training_mode_over_an_unbound_axis_is_a_clear_error():
+    class Synced(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=True):
+            x = wsjax.WSConv(4, (3, 3))(x)
+            return nn.BatchNorm(use_running_average=not train, axis_name="batch")(x)
+
+    model, x = Synced(), jnp.ones((2, 5, 5, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    with pytest.raises(ValueError, match="mapped axis that is not bound.*train=False"):
+        wsjax.fold_weight_standardization(model, variables, x, train=True)
+    folded = wsjax.fold_weight_standardization(
+        model, variables, x, train=False
+    )  # the inference path
+    np.testing.assert_array_equal(
+        folded["params"]["Conv_0"]["kernel"],
+        wsjax.standardize(variables["params"]["Conv_0"]["kernel"]),
+    )
+
+
+def test_a_users_name_error_is_not_rewritten():
+    class Broken(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            raise NameError("undefined_thing")
+
+    with pytest.raises(NameError, match="undefined_thing"):
+        wsjax.fold_weight_standardization(Broken(), {"params": {}}, jnp.ones((1, 3)))

@@ -156,18 +156,22 @@ def test_ws_dense(use_bias):
     np.testing.assert_allclose(ws.apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "form, ref",
+    [("nfnet", reference.scaled_standardize), ("timm", reference.scaled_standardize_timm)],
+)
 @pytest.mark.parametrize("name", ["2d", "2d_depthwise", "3d", "2d_stride_valid"])
-def test_scaled_ws_conv(name):
+def test_scaled_ws_conv(name, form, ref):
     case = CONV_CASES[name]
     x = jax.random.normal(jax.random.key(0), case["x"])
-    ws = wsjax.ScaledWSConv(**_conv_kwargs(case))
+    ws = wsjax.ScaledWSConv(**_conv_kwargs(case), form=form)
     variables = ws.init(jax.random.key(1), x)
     params = dict(variables["params"])
     np.testing.assert_array_equal(params["gain"], 1.0)
     params["gain"] = jax.random.uniform(
         jax.random.key(2), params["gain"].shape, minval=0.5, maxval=2
     )
-    w_hat = reference.scaled_standardize(params["kernel"], params["gain"], 1e-4)
+    w_hat = ref(params["kernel"], params["gain"], {"nfnet": 1e-4, "timm": 1e-6}[form])
     plain_params = {k: v for k, v in _replace_kernel(params, w_hat).items() if k != "gain"}
     want = nn.Conv(**_conv_kwargs(case)).apply({"params": plain_params}, x)
     np.testing.assert_allclose(ws.apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
@@ -215,6 +219,8 @@ def test_errors_surface_from_the_layers():
         wsjax.WSConv(6, (3, 3), eps=-1.0)  # when the layer is built
     with pytest.raises(ValueError, match="unbiased=False"):
         wsjax.WSConv(6, (1, 1)).init(jax.random.key(0), jnp.ones((1, 5, 5, 1)))
+    with pytest.raises(ValueError, match="ScaledWSConv: form must be one of"):
+        wsjax.ScaledWSConv(6, (3, 3), form="haiku")  # when the layer is built
 
 
 def test_big_vision_convention_in_a_layer():

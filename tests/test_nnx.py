@@ -76,6 +76,10 @@ LAYER_CASES = [
         lambda: wsjax.ScaledWSConv(6, (3, 3)),
         lambda: wnnx.ScaledWSConv(4, 6, (3, 3), rngs=nnx.Rngs(0)),
     ),
+    (
+        lambda: wsjax.ScaledWSConv(6, (3, 3), form="timm"),
+        lambda: wnnx.ScaledWSConv(4, 6, (3, 3), form="timm", rngs=nnx.Rngs(0)),
+    ),
 ]
 
 
@@ -112,13 +116,16 @@ def test_nnx_gradients_reach_kernel_and_gain():
     assert np.abs(np.asarray(grads["gain"][...])).max() > 0
 
 
-@pytest.mark.parametrize("estimate", [True, False])
-def test_bcn_linen_equals_nnx_over_training_and_eval(estimate):
+@pytest.mark.parametrize(
+    "estimate, variance_around",
+    [(True, "batch_mean"), (True, "running_mean"), (False, "batch_mean")],
+)
+def test_bcn_linen_equals_nnx_over_training_and_eval(estimate, variance_around):
     batches = [jax.random.normal(jax.random.key(i), (4, 5, 5, 8)) * 2 + 1 for i in range(3)]
-    linen = wsjax.BatchChannelNorm(num_groups=4, estimate=estimate)
+    linen = wsjax.BatchChannelNorm(num_groups=4, estimate=estimate, variance_around=variance_around)
     variables = linen.init(jax.random.key(0), batches[0], use_running_average=False)
     params, stats = _random_like(variables["params"], 3), variables["batch_stats"]
-    module = wnnx.BatchChannelNorm(8, 4, estimate=estimate)
+    module = wnnx.BatchChannelNorm(8, 4, estimate=estimate, variance_around=variance_around)
     _load(module, params)
     for x in batches[:2]:
         want, updates = linen.apply(
@@ -169,6 +176,11 @@ def test_nnx_call_leaves_the_stored_kernel_raw():
     nnx.jit(lambda m, x: m(x))(module, x)
     np.testing.assert_array_equal(module.kernel[...], raw)
     assert set(nnx.state(module, nnx.Param).keys()) == {"kernel", "bias"}
+
+
+def test_nnx_scaled_ws_conv_unknown_form():
+    with pytest.raises(ValueError, match="ScaledWSConv: form must be one of"):
+        wnnx.ScaledWSConv(4, 6, (3, 3), form="haiku", rngs=nnx.Rngs(0))
 
 
 def test_nnx_scaled_ws_conv_gain_init():

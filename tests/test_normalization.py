@@ -1,5 +1,7 @@
 """EstimatedBatchNorm, ChannelNorm and BatchChannelNorm against the NumPy references."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,11 +32,18 @@ def _random_affine(params, seed=7):
     )
 
 
-@pytest.mark.parametrize("estimate", [True, False])
-def test_bcn_training_steps_then_eval_match_numpy(estimate):
+@pytest.mark.parametrize(
+    "estimate, variance_around",
+    [(True, "batch_mean"), (True, "running_mean"), (False, "batch_mean")],
+)
+def test_bcn_training_steps_then_eval_match_numpy(estimate, variance_around):
     groups, momentum, eps = 4, 0.9, 1e-5
     bcn = wsjax.BatchChannelNorm(
-        num_groups=groups, estimate=estimate, momentum=momentum, epsilon=eps
+        num_groups=groups,
+        estimate=estimate,
+        momentum=momentum,
+        epsilon=eps,
+        variance_around=variance_around,
     )
     batches = _batches(4)
     variables = bcn.init(jax.random.key(0), batches[0], use_running_average=False)
@@ -46,7 +55,11 @@ def test_bcn_training_steps_then_eval_match_numpy(estimate):
         )
     )
 
-    bn_ref = reference.estimated_batch_norm if estimate else reference.batch_norm
+    bn_ref = (
+        functools.partial(reference.estimated_batch_norm, variance_around=variance_around)
+        if estimate
+        else reference.batch_norm
+    )
     ref_state = (np.zeros(8), np.ones(8))
     bn_p, cn_p = params["batch_norm"], params["channel_norm"]
     for x in batches[:3]:
@@ -80,6 +93,50 @@ def test_estimated_batch_norm_updates_first_then_normalizes():
     np.testing.assert_allclose(
         y, (np.asarray(x) - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("variance_around", ["batch_mean", "running_mean"])
+def test_nnx_estimated_batch_norm_steps_match_numpy(variance_around):
+    momentum, eps = 0.8, 1e-5
+    ebn = wnnx.EstimatedBatchNorm(8, momentum=momentum, variance_around=variance_around)
+    ebn.scale[...], ebn.bias[...] = _random_affine((ebn.scale[...], ebn.bias[...]))
+    state = (np.zeros(8), np.ones(8))
+    for x in _batches(4):
+        y = ebn(x)
+        want, state = reference.estimated_batch_norm(
+            x, state, ebn.scale[...], ebn.bias[...], momentum, eps, variance_around=variance_around
+        )
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ebn.mean[...], state[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ebn.var[...], state[1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_two_variance_updates_differ_by_the_squared_mean_shift():
+    # Batches of mean 1.5 against a running mean that starts at 0: the official form's variance exceeds
+    # labml's by (1 - m) (E_B[x] - old)^2 on the first step, about 0.1 * 2.25 here.
+    x = _batches(1, (16, 3))[0]
+    runs = {}
+    for form in ("batch_mean", "running_mean"):
+        ebn = wsjax.EstimatedBatchNorm(momentum=0.9, variance_around=form)
+        variables = ebn.init(jax.random.key(0), x, use_running_average=False)
+        _, updates = ebn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+        runs[form] = np.asarray(updates["batch_stats"]["var"], np.float64)
+    shift = 0.1 * np.square(np.asarray(x, np.float64).mean(0))
+    np.testing.assert_allclose(runs["running_mean"] - runs["batch_mean"], shift, rtol=1e-4)
+    assert np.all(shift > 0.05)
+
+
+def test_unknown_or_misplaced_variance_around_is_rejected():
+    with pytest.raises(ValueError, match="EstimatedBatchNorm: variance_around must be one of"):
+        wsjax.EstimatedBatchNorm(variance_around="old")
+    with pytest.raises(ValueError, match="EstimatedBatchNorm: variance_around must be one of"):
+        wnnx.EstimatedBatchNorm(3, variance_around="old")
+    for make in (
+        lambda: wsjax.BatchChannelNorm(estimate=False, variance_around="running_mean"),
+        lambda: wnnx.BatchChannelNorm(8, 4, estimate=False, variance_around="running_mean"),
+    ):
+        with pytest.raises(ValueError, match="needs estimate=True"):
+            make()
 
 
 def test_no_gradient_through_the_estimated_statistics():

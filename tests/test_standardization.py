@@ -140,6 +140,47 @@ def test_scaled_standardize_matches_numpy(name):
     )
 
 
+@pytest.mark.parametrize("name", SHAPES)
+def test_scaled_standardize_timm_form_matches_numpy(name):
+    w = _kernel(SHAPES[name], offset=0.2)
+    gain = jax.random.uniform(jax.random.key(5), (w.shape[-1],), minval=0.5, maxval=2.0)
+    np.testing.assert_allclose(
+        jax.jit(wsjax.scaled_standardize, static_argnames="form")(w, gain, form="timm"),
+        reference.scaled_standardize_timm(w, gain, 1e-6),  # None: timm's own default eps
+        rtol=2e-5,
+        atol=2e-6,
+    )
+
+
+def test_scaled_standardize_forms_differ_on_a_kernel_of_small_variance():
+    # std 1e-3: var = 1e-6, timm's eps, so timm's sqrt(var + eps) is about sqrt(2) std, while NFNets'
+    # max(n var, eps) is n var (eps only floors it): the forms, each equal to its own reference, disagree.
+    w = _kernel((3, 3, 16, 8)) * (1e-3 / 0.3)
+    gain = jax.random.uniform(jax.random.key(5), (8,), minval=0.5, maxval=2.0)
+    nfnet = wsjax.scaled_standardize(w, gain, eps=1e-6, form="nfnet")
+    timm = wsjax.scaled_standardize(w, gain, eps=1e-6, form="timm")
+    np.testing.assert_allclose(
+        nfnet, reference.scaled_standardize(w, gain, 1e-6), rtol=2e-5, atol=2e-6
+    )
+    np.testing.assert_allclose(
+        timm, reference.scaled_standardize_timm(w, gain, 1e-6), rtol=2e-5, atol=2e-6
+    )
+    assert np.max(np.abs(np.asarray(nfnet) - np.asarray(timm))) > 0.1 * np.max(np.abs(nfnet))
+    # Each form's default eps is its source's: 1e-4 for NFNets, 1e-6 for timm.
+    np.testing.assert_array_equal(wsjax.scaled_standardize(w, gain, form="timm"), timm)
+    np.testing.assert_allclose(
+        wsjax.scaled_standardize(w, gain),
+        reference.scaled_standardize(w, gain, 1e-4),
+        rtol=2e-5,
+        atol=2e-6,
+    )
+
+
+def test_scaled_standardize_unknown_form_is_rejected():
+    with pytest.raises(ValueError, match="form must be one of"):
+        wsjax.scaled_standardize(jnp.ones((3, 3)), jnp.ones(3), form="haiku")
+
+
 def test_scaled_standardize_unit_gain_has_unit_fan_in_variance():
     w = _kernel((3, 3, 32, 4))
     flat = np.asarray(wsjax.scaled_standardize(w, jnp.ones(4)), np.float64).reshape(-1, 4)

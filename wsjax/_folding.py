@@ -29,9 +29,10 @@ def fold_weight_standardization(
 
     The model is traced once (shapes only, with ``jax.eval_shape``) on ``*args, **kwargs`` to find its WS
     layers; a ``ScaledWSConv``'s ``gain`` is folded into its kernel and dropped. The result feeds the same
-    architecture built with ``nn.Conv`` / ``nn.Dense`` in place of the WS layers, *provided the layers keep
-    their names*: wsjax models name every layer; in your own models give WS layers explicit ``name=``
-    (Flax would otherwise auto-name them ``WSConv_0`` where the plain model expects ``Conv_0``).
+    architecture built with ``nn.Conv`` / ``nn.Dense`` in place of the WS layers: an unnamed WS layer is
+    auto-named as the Flax layer it extends (``Conv_0``, ``Dense_0``), so the names agree. Pass the
+    inference arguments (``train=False``): a batch norm synced over a mapped axis cannot run in training
+    mode outside that axis.
 
     Args:
       model: a Linen model containing WS layers.
@@ -41,6 +42,9 @@ def fold_weight_standardization(
 
     Returns:
       New variables, same tree except the folded kernels and the removed gains.
+
+    Raises:
+      ValueError: the call reduces over an unbound mapped axis (a synced batch norm with ``train=True``).
     """
     ws_layers: dict[tuple[str, ...], nn.Module] = {}
 
@@ -51,7 +55,18 @@ def fold_weight_standardization(
         return next_fun(*call_args, **call_kwargs)
 
     with nn.intercept_methods(record_ws_layers):
-        jax.eval_shape(lambda v: model.apply(v, *args, mutable=True, **kwargs), variables)
+        try:
+            jax.eval_shape(lambda v: model.apply(v, *args, mutable=True, **kwargs), variables)
+        except NameError as error:
+            # A batch norm synced over a mapped axis (axis_name) in training mode reduces over that axis,
+            # which no transformation binds here; the inference path has no collective.
+            if "axis name" not in str(error):
+                raise
+            raise ValueError(
+                "fold_weight_standardization: the model's call reduces over a mapped axis that is not "
+                f"bound here ({error}); fold with its inference arguments, e.g. train=False (the "
+                "layers' shapes are all that folding traces)."
+            ) from error
 
     folded = flax.core.unfreeze(variables)
     for path, module in ws_layers.items():

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 
 from wsjax import cpu
+from wsjax._autoname import name_as_flax_layer
 from wsjax._output_standardization import (
     check_apply_to,
     conv_fan_in,
@@ -36,7 +37,7 @@ from wsjax._output_standardization import (
     standardizes_output,
     window_sums,
 )
-from wsjax._scaled_standardization import scaled_standardize
+from wsjax._scaled_standardization import check_form, scaled_standardize
 from wsjax._standardization import DEFAULT, Standardization, as_standardization
 
 ConvGeneralDilated = Callable[..., jax.Array]
@@ -56,6 +57,7 @@ class _StandardizesKernel(nn.Module):
 
     def __post_init__(self) -> None:
         # Before Flax freezes the dataclass (as Flax itself sets `parent` and `name` here).
+        _name_as_extended_layer(self)
         resolved = as_standardization(
             self.standardization,
             eps=self.eps,
@@ -106,7 +108,7 @@ class WSConv(_StandardizesKernel, nn.Conv):
 
     with per-output-channel statistics over ``kernel_size × in_features // feature_group_count`` entries, in
     the convention of ``standardization``. Every ``nn.Conv`` argument works as in ``nn.Conv``; parameter
-    names, shapes and initial values are ``nn.Conv``'s.
+    names, shapes and initial values are ``nn.Conv``'s, and so is an unnamed layer's auto-name (``Conv_0``).
 
     ``apply_to`` chooses where the standardization is applied; the maths is the same. A convolution is linear
     in its kernel, so with ``scale = 1 / sqrt(var + eps)``:
@@ -244,19 +246,29 @@ class ScaledWSConv(nn.Conv):
 
        y = \operatorname{conv}(x, \hat w) + b, \qquad
        \hat w_{\cdot o} = g_o \, \frac{w_{\cdot o} - \mu_o}{\sqrt{\max(n \sigma_o^2, \epsilon)}}
+       \quad\text{or, form "timm",}\quad
+       \hat w_{\cdot o} = g_o \, n^{-1/2} \, \frac{w_{\cdot o} - \mu_o}{\sqrt{\sigma_o^2 + \epsilon}}
 
     with a learnable per-output-channel gain :math:`g` (parameter ``'gain'``) and the biased variance over
-    the ``n = fan_in`` entries of each channel.
+    the ``n = fan_in`` entries of each channel (see :func:`wsjax.scaled_standardize`).
 
     Args:
-      eps: floor of ``var * fan_in``; NFNets use 1e-4.
+      eps: None: the form's default, 1e-4 for NFNets (floor of ``var * fan_in``), 1e-6 for timm (added to
+        ``var``).
+      form: ``"nfnet"`` (NFNets' code, default) or ``"timm"`` (timm's ``ScaledStdConv2d``).
       gain_init: initializer of ``gain``, called as ``gain_init(key, (features,), param_dtype)``; ones.
       conv_general_dilated: as for :class:`WSConv`, :func:`wsjax.cpu.conv_general_dilated` by default.
     """
 
-    eps: float = 1e-4
+    eps: float | None = None
+    form: str = "nfnet"
     gain_init: Callable[..., jax.Array] = nn.initializers.ones
     conv_general_dilated: ConvGeneralDilated | None = cpu.conv_general_dilated
+
+    def __post_init__(self) -> None:
+        check_form(self.form, "ScaledWSConv")
+        _name_as_extended_layer(self)
+        super().__post_init__()
 
     def param(self, name: str, init_fn: Callable[..., Any], *init_args, **init_kwargs) -> Any:
         """``nn.Module.param``; asked for the ``kernel``, creates ``gain`` too and returns :math:`\\hat w`.
@@ -283,9 +295,24 @@ class ScaledWSConv(nn.Conv):
           params: the layer's parameters (``kernel``, ``gain``, and ``bias`` if any).
 
         Returns:
-          ``scaled_standardize(params["kernel"], params["gain"], self.eps)``.
+          ``scaled_standardize(params["kernel"], params["gain"], self.eps, self.form)``.
         """
-        return scaled_standardize(params["kernel"], params["gain"], self.eps)
+        return scaled_standardize(params["kernel"], params["gain"], self.eps, self.form)
+
+
+# The Flax layer each extends, whose auto-names (Conv_0, ...) it takes; a user's subclass keeps Flax's own.
+_EXTENDED_LAYER_NAMES = {
+    WSConv: "Conv",
+    WSConvTranspose: "ConvTranspose",
+    WSDense: "Dense",
+    ScaledWSConv: "Conv",
+}
+
+
+def _name_as_extended_layer(module: nn.Module) -> None:
+    prefix = _EXTENDED_LAYER_NAMES.get(type(module))
+    if prefix is not None:
+        name_as_flax_layer(module, prefix)
 
 
 def is_standardized(module: nn.Module) -> bool:

@@ -42,6 +42,49 @@ def moving_average(running: jax.Array, batch: jax.Array, momentum: float) -> jax
     return momentum * running + (1.0 - momentum) * batch
 
 
+VARIANCE_AROUND = ("batch_mean", "running_mean")
+
+
+def check_variance_around(variance_around: str, caller: str) -> None:
+    """Refuses a ``variance_around`` other than those of :data:`VARIANCE_AROUND`."""
+    if variance_around not in VARIANCE_AROUND:
+        raise ValueError(
+            f"{caller}: variance_around must be one of {VARIANCE_AROUND}, got {variance_around!r}."
+        )
+
+
+def check_bcn_variance_around(variance_around: str, estimate: bool, caller: str) -> None:
+    """Refuses an unknown ``variance_around``, or the official one on an ordinary batch norm."""
+    check_variance_around(variance_around, caller)
+    if not estimate and variance_around != "batch_mean":
+        raise ValueError(
+            f"{caller}: variance_around={variance_around!r} is an option of the estimated batch norm; "
+            "it needs estimate=True."
+        )
+
+
+def estimated_update(
+    running_mean: jax.Array,
+    running_var: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    momentum: float,
+    variance_around: str,
+) -> tuple[jax.Array, jax.Array]:
+    """The running ``(mean, var)`` of an estimated batch norm after a batch of moments ``(mean, var)``.
+
+    ``"batch_mean"`` (labml's reference): the batch's own variance. ``"running_mean"`` (the official EstBN):
+    the batch's mean square around the *old* running mean, ``E_B[(x - old)²] = Var_B[x] + (E_B[x] - old)²``,
+    which needs nothing but the moments, hence holds for synced (``pmean``-ed) moments too.
+    """
+    if variance_around == "running_mean":
+        var = var + jnp.square(mean - running_mean)
+    return (
+        moving_average(running_mean, mean, momentum),
+        moving_average(running_var, var, momentum),
+    )
+
+
 def affine_normalize(
     x: jax.Array,
     mean: jax.Array,

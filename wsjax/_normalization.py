@@ -11,6 +11,8 @@ BCN is an *estimated* batch norm followed by a channel norm, :math:`\mathrm{BCN}
      \hat\sigma^2 \leftarrow m \hat\sigma^2 + (1 - m) \, \mathrm{Var}_B[x], \quad
      y = \gamma \, \frac{x - \hat\mu}{\sqrt{\hat\sigma^2 + \epsilon}} + \beta
 
+  (labml's reference; ``variance_around="running_mean"`` takes the official EstBN's variance instead).
+
 * :class:`ChannelNorm`: a group norm whose affine :math:`\gamma_g, \beta_g` are per group, not per channel.
 
 State lives in the ``batch_stats`` collection (``mean``, ``var``), momentum is in Flax's sense (PyTorch's 0.1
@@ -20,6 +22,7 @@ without it each device uses its own micro-batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +48,13 @@ class EstimatedBatchNorm(nn.Module):
 
     per feature, with the batch's mean and biased variance over every axis but ``axis``; evaluation skips
     the update. The running statistics are ``batch_stats`` ``mean`` and ``var``; no gradient flows through
-    them.
+    them. That is labml's reference (``variance_around="batch_mean"``, the default); the official EstBN
+    (``variance_around="running_mean"``) takes the batch's mean square around the *old* running mean:
+
+    .. math::
+
+       \hat\sigma^2 \leftarrow m \hat\sigma^2 + (1 - m) \, \mathrm{E}_B\big[(x - \hat\mu_{\text{old}})^2\big]
+       = m \hat\sigma^2 + (1 - m) \big(\mathrm{Var}_B[x] + (\mathrm{E}_B[x] - \hat\mu_{\text{old}})^2\big)
 
     Args:
       use_running_average: True: evaluation (no update); False: training. Or pass it to the call.
@@ -61,6 +70,8 @@ class EstimatedBatchNorm(nn.Module):
       axis_name: average the batch statistics over this mapped axis (synced batch norm); None: this
         device's micro-batch alone.
       axis_index_groups: as for ``lax.pmean``.
+      variance_around: ``"batch_mean"`` (labml, default) or ``"running_mean"`` (the official EstBN), the
+        centre of the batch variance that updates :math:`\hat\sigma^2`, as above.
     """
 
     use_running_average: bool | None = None  # True: evaluation (no update); False: training
@@ -75,6 +86,11 @@ class EstimatedBatchNorm(nn.Module):
     scale_init: Initializer = nn.initializers.ones
     axis_name: str | None = None  # average batch statistics over this mapped axis
     axis_index_groups: Any = None
+    variance_around: str = "batch_mean"
+
+    def __post_init__(self) -> None:
+        norm_math.check_variance_around(self.variance_around, "EstimatedBatchNorm")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -110,8 +126,14 @@ class EstimatedBatchNorm(nn.Module):
             mean, var = norm_math.batch_moments(
                 lax.stop_gradient(x), reduce_axes, self.axis_name, self.axis_index_groups
             )
-            running_mean.value = norm_math.moving_average(running_mean.value, mean, self.momentum)
-            running_var.value = norm_math.moving_average(running_var.value, var, self.momentum)
+            running_mean.value, running_var.value = norm_math.estimated_update(
+                running_mean.value,
+                running_var.value,
+                mean,
+                var,
+                self.momentum,
+                self.variance_around,
+            )
 
         return norm_math.affine_normalize(
             x,
@@ -206,6 +228,8 @@ class BatchChannelNorm(nn.Module):
       param_dtype: the parameters' dtype.
       axis_name: the batch norm's mapped axis (synced statistics); None: per device.
       axis_index_groups: as for ``lax.pmean``.
+      variance_around: the estimated batch norm's ``variance_around``: ``"batch_mean"`` (labml, default)
+        or ``"running_mean"`` (the official EstBN); the latter needs ``estimate=True``.
     """
 
     num_groups: int = 32
@@ -217,6 +241,11 @@ class BatchChannelNorm(nn.Module):
     param_dtype: Any = jnp.float32
     axis_name: str | None = None
     axis_index_groups: Any = None
+    variance_around: str = "batch_mean"
+
+    def __post_init__(self) -> None:
+        norm_math.check_bcn_variance_around(self.variance_around, self.estimate, "BatchChannelNorm")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -236,7 +265,11 @@ class BatchChannelNorm(nn.Module):
             "use_running_average", self.use_running_average, use_running_average
         )
         norm_math.check_groups(x.shape[-1], self.num_groups, "BatchChannelNorm")
-        batch_norm = EstimatedBatchNorm if self.estimate else nn.BatchNorm
+        batch_norm = (
+            functools.partial(EstimatedBatchNorm, variance_around=self.variance_around)
+            if self.estimate
+            else nn.BatchNorm
+        )
         x = batch_norm(
             momentum=self.momentum,
             epsilon=self.epsilon,

@@ -27,7 +27,7 @@ from wsjax._output_standardization import (
     standardizes_output,
     window_sums,
 )
-from wsjax._scaled_standardization import scaled_standardize
+from wsjax._scaled_standardization import check_form, scaled_standardize
 from wsjax._standardization import DEFAULT, Standardization, as_standardization
 
 
@@ -206,12 +206,15 @@ class ScaledWSConv(_TransformsKernel, nnx.Conv):
 
        y = \operatorname{conv}(x, \hat w) + b, \qquad
        \hat w_{\cdot o} = g_o \, \frac{w_{\cdot o} - \mu_o}{\sqrt{\max(n \sigma_o^2, \epsilon)}}
+       \quad\text{or, form "timm",}\quad
+       \hat w_{\cdot o} = g_o \, n^{-1/2} \, \frac{w_{\cdot o} - \mu_o}{\sqrt{\sigma_o^2 + \epsilon}}
 
     Args:
       in_features: input channels.
       out_features: output channels.
       *args: further positional arguments of ``nnx.Conv`` (``kernel_size``, ``strides``).
-      eps: floor of ``var * fan_in``; NFNets use 1e-4.
+      eps: None: the form's default, 1e-4 for NFNets (floor of ``var * fan_in``), 1e-6 for timm.
+      form: ``"nfnet"`` (NFNets' code, default) or ``"timm"`` (timm's ``ScaledStdConv2d``).
       gain_init: initializer of the ``nnx.Param`` ``gain`` of shape ``(out_features,)``, called as
         ``gain_init(key, (out_features,), param_dtype)`` with a key drawn from ``rngs.params()``; ones.
       conv_general_dilated: by default :func:`wsjax.cpu.conv_general_dilated`.
@@ -224,12 +227,14 @@ class ScaledWSConv(_TransformsKernel, nnx.Conv):
         in_features: int,
         out_features: int,
         *args: Any,
-        eps: float = 1e-4,
+        eps: float | None = None,
+        form: str = "nfnet",
         gain_init: Callable[..., jax.Array] = nnx.initializers.ones,
         conv_general_dilated: Callable[..., jax.Array] = cpu.conv_general_dilated,
         rngs: nnx.Rngs,
         **kwargs: Any,
     ):
+        check_form(form, "ScaledWSConv")
         super().__init__(
             in_features,
             out_features,
@@ -239,8 +244,9 @@ class ScaledWSConv(_TransformsKernel, nnx.Conv):
             **kwargs,
         )
         self.eps = eps
+        self.form = form
         self.gain = nnx.Param(gain_init(rngs.params(), (out_features,), self.param_dtype))
 
     def effective_kernel(self) -> jax.Array:
-        """``scaled_standardize`` of the stored kernel with ``gain`` (before ``mask``)."""
-        return scaled_standardize(self.kernel[...], self.gain[...], self.eps)
+        """``scaled_standardize`` of the stored kernel with ``gain``, in ``form`` (before ``mask``)."""
+        return scaled_standardize(self.kernel[...], self.gain[...], self.eps, self.form)

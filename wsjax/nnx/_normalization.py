@@ -6,6 +6,7 @@ toggle ``use_running_average`` as for ``nnx.BatchNorm``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -39,7 +40,11 @@ class EstimatedBatchNorm(nnx.Module):
        y = \gamma \, \frac{x - \hat\mu}{\sqrt{\hat\sigma^2 + \epsilon}} + \beta
 
     as :class:`wsjax.EstimatedBatchNorm`; :math:`\hat\mu, \hat\sigma^2` are the ``nnx.BatchStat`` ``mean``
-    and ``var``.
+    and ``var``. With ``variance_around="running_mean"`` (the official EstBN) the variance update is
+
+    .. math::
+
+       \hat\sigma^2 \leftarrow m \hat\sigma^2 + (1 - m) \, \mathrm{E}_B\big[(x - \hat\mu_{\text{old}})^2\big]
 
     Args:
       num_features: the features along ``axis``.
@@ -53,6 +58,7 @@ class EstimatedBatchNorm(nnx.Module):
       use_scale: learn :math:`\gamma`.
       axis_name: average the batch statistics over this mapped axis; None: per device.
       axis_index_groups: as for ``lax.pmean``.
+      variance_around: ``"batch_mean"`` (labml, default) or ``"running_mean"`` (the official EstBN).
       rngs: accepted for symmetry with ``nnx.BatchNorm``; nothing is random.
     """
 
@@ -70,8 +76,10 @@ class EstimatedBatchNorm(nnx.Module):
         use_scale: bool = True,
         axis_name: str | None = None,
         axis_index_groups: Any = None,
+        variance_around: str = "batch_mean",
         rngs: nnx.Rngs | None = None,  # accepted for symmetry with nnx.BatchNorm; nothing is random
     ):
+        norm_math.check_variance_around(variance_around, "EstimatedBatchNorm")
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
         self.scale, self.bias = _affine_params((num_features,), use_scale, use_bias, param_dtype)
@@ -83,6 +91,7 @@ class EstimatedBatchNorm(nnx.Module):
         self.param_dtype = param_dtype
         self.axis_name = axis_name
         self.axis_index_groups = axis_index_groups
+        self.variance_around = variance_around
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """Updates the running statistics (in training), then normalizes ``x`` with them.
@@ -105,8 +114,9 @@ class EstimatedBatchNorm(nnx.Module):
             mean, var = norm_math.batch_moments(
                 lax.stop_gradient(x), reduce_axes, self.axis_name, self.axis_index_groups
             )
-            self.mean[...] = norm_math.moving_average(self.mean[...], mean, self.momentum)
-            self.var[...] = norm_math.moving_average(self.var[...], var, self.momentum)
+            self.mean[...], self.var[...] = norm_math.estimated_update(
+                self.mean[...], self.var[...], mean, var, self.momentum, self.variance_around
+            )
         return norm_math.affine_normalize(
             x,
             self.mean[...],
@@ -190,6 +200,8 @@ class BatchChannelNorm(nnx.Module):
       param_dtype: the parameters' dtype.
       axis_name: the batch norm's mapped axis; None: per device.
       axis_index_groups: as for ``lax.pmean``.
+      variance_around: the estimated batch norm's: ``"batch_mean"`` (labml, default) or
+        ``"running_mean"`` (the official EstBN); the latter needs ``estimate=True``.
       rngs: passed to ``nnx.BatchNorm``; ``nnx.Rngs(0)`` if None.
 
     Raises:
@@ -209,10 +221,16 @@ class BatchChannelNorm(nnx.Module):
         param_dtype: Any = jnp.float32,
         axis_name: str | None = None,
         axis_index_groups: Any = None,
+        variance_around: str = "batch_mean",
         rngs: nnx.Rngs | None = None,
     ):
         norm_math.check_groups(num_features, num_groups, "BatchChannelNorm")
-        batch_norm = EstimatedBatchNorm if estimate else nnx.BatchNorm
+        norm_math.check_bcn_variance_around(variance_around, estimate, "BatchChannelNorm")
+        batch_norm = (
+            functools.partial(EstimatedBatchNorm, variance_around=variance_around)
+            if estimate
+            else nnx.BatchNorm
+        )
         self.batch_norm = batch_norm(
             num_features,
             use_running_average=use_running_average,
