@@ -54,7 +54,8 @@ class TrainState(train_state.TrainState):
     rng: jax.Array = struct.field(default=None)
 
 
-@dataclasses.dataclass(frozen=True)
+# Keywords only: a field added later must not shift the meaning of positional arguments.
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class StepConfig:
     """What the traced steps need to know, fixed for a run."""
 

@@ -74,7 +74,9 @@ def _train_state_and_data():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16 * 2, 8, 8, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 16 * 2).astype(np.int32)
-    cfg = steps.StepConfig(2, 2, crop_padding=2, flip=True, mean=(0.5,), std=(0.5,))
+    cfg = steps.StepConfig(
+        per_replica_batch=2, steps_per_epoch=2, crop_padding=2, flip=True, mean=(0.5,), std=(0.5,)
+    )
     return jax.device_get(state), images, labels, cfg
 
 

@@ -21,7 +21,16 @@ N, G = 64, 16  # training examples, global batch: 4 steps per epoch
 
 def _cfg(replicas: int, order: str, augment: bool = False) -> steps.StepConfig:
     b = G // replicas
-    return steps.StepConfig(b, N // G, 2 * augment, augment, (0.5,), (0.5,), replicas, order)
+    return steps.StepConfig(
+        per_replica_batch=b,
+        steps_per_epoch=N // G,
+        crop_padding=2 * augment,
+        flip=augment,
+        mean=(0.5,),
+        std=(0.5,),
+        replicas_per_device=replicas,
+        data_order=order,
+    )
 
 
 def _global_batches(replicas: int, order: str, num_steps: int) -> np.ndarray:

@@ -36,8 +36,8 @@ def _setup(
     images = jax.device_put(images.reshape(shards, n // shards, 8, 8, 3), sharding)
     labels = jax.device_put(labels.reshape(shards, n // shards), sharding)
     cfg = steps.StepConfig(
-        per_replica,
-        batches_per_shard,
+        per_replica_batch=per_replica,
+        steps_per_epoch=batches_per_shard,
         crop_padding=0,
         flip=False,
         mean=(0.5,),
