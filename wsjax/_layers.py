@@ -21,7 +21,6 @@ of :mod:`wsjax._output_standardization`). The other layers always standardize th
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,13 +29,7 @@ import jax
 
 from wsjax import cpu
 from wsjax._autoname import name_as_flax_layer
-from wsjax._output_standardization import (
-    check_apply_to,
-    conv_fan_in,
-    standardize_output,
-    standardizes_output,
-    window_sums,
-)
+from wsjax._output_standardization import OutputSide, check_apply_to, standardize_output
 from wsjax._scaled_standardization import check_form, scaled_standardize
 from wsjax._standardization import DEFAULT, Standardization, as_standardization
 
@@ -98,7 +91,7 @@ class _StandardizesKernel(nn.Module):
         return self.standardization.kernel(params["kernel"])
 
 
-class WSConv(_StandardizesKernel, nn.Conv):
+class WSConv(_StandardizesKernel, OutputSide, nn.Conv):
     r"""``nn.Conv`` with Weight Standardization (Qiao et al., arXiv 1903.10520).
 
     .. math::
@@ -171,30 +164,6 @@ class WSConv(_StandardizesKernel, nn.Conv):
             self._window_sums(inputs),
             self.get_variable("params", "bias") if self.use_bias else None,
             self.standardization,
-        )
-
-    def _standardizes_output(self, inputs: jax.Array) -> bool:
-        return standardizes_output(
-            self.apply_to,
-            dtypes=(inputs.dtype, self.param_dtype, self.dtype or self.param_dtype),
-            masked=self.mask is not None,
-            output_positions=lambda: math.prod(
-                jax.eval_shape(self._window_sums, inputs).shape[:-1]
-            ),
-            fan_in=conv_fan_in(self.kernel_size, inputs.shape[-1], self.feature_group_count),
-        )
-
-    def _window_sums(self, inputs: jax.Array) -> jax.Array:
-        return window_sums(
-            inputs,
-            self.kernel_size,
-            self.feature_group_count,
-            self.conv_general_dilated,
-            strides=self.strides,
-            padding=self.padding,
-            input_dilation=self.input_dilation,
-            kernel_dilation=self.kernel_dilation,
-            precision=self.precision,
         )
 
 

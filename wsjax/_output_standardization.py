@@ -178,3 +178,39 @@ def standardize_output(
             return (conv_output - offset) * per_channel(scale)
         bias = per_channel(bias)
         return (conv_output - bias - offset) * per_channel(scale) + bias
+
+
+class OutputSide:
+    """What ``WSConv`` needs for its output side, shared by the Linen and NNX layers.
+
+    A plain mixin: both module systems give a convolution the same attribute names (``apply_to``,
+    ``kernel_size``, ``strides``, ``padding``, ``input_dilation``, ``kernel_dilation``,
+    ``feature_group_count``, ``precision``, ``mask``, ``dtype``, ``param_dtype``, ``conv_general_dilated``),
+    so one pair of methods serves both. The decision itself stays in each ``WSConv.__call__``.
+    """
+
+    def _standardizes_output(self, inputs: jax.Array) -> bool:
+        """Whether this call standardizes the output (``apply_to`` and the call's shapes and dtypes)."""
+        return standardizes_output(
+            self.apply_to,
+            dtypes=(inputs.dtype, self.param_dtype, self.dtype or self.param_dtype),
+            masked=self.mask is not None,
+            output_positions=lambda: math.prod(
+                jax.eval_shape(self._window_sums, inputs).shape[:-1]
+            ),
+            fan_in=conv_fan_in(self.kernel_size, inputs.shape[-1], self.feature_group_count),
+        )
+
+    def _window_sums(self, inputs: jax.Array) -> jax.Array:
+        """:func:`window_sums` with this layer's own window, groups, padding and convolution."""
+        return window_sums(
+            inputs,
+            self.kernel_size,
+            self.feature_group_count,
+            self.conv_general_dilated,
+            strides=self.strides,
+            padding=self.padding,
+            input_dilation=self.input_dilation,
+            kernel_dilation=self.kernel_dilation,
+            precision=self.precision,
+        )

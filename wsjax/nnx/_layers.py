@@ -12,7 +12,6 @@ view) or on the output (``nnx.Conv``'s own call with the raw kernel, then the co
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,13 +19,7 @@ import jax
 from flax import nnx
 
 from wsjax import cpu
-from wsjax._output_standardization import (
-    check_apply_to,
-    conv_fan_in,
-    standardize_output,
-    standardizes_output,
-    window_sums,
-)
+from wsjax._output_standardization import OutputSide, check_apply_to, standardize_output
 from wsjax._scaled_standardization import check_form, scaled_standardize
 from wsjax._standardization import DEFAULT, Standardization, as_standardization
 
@@ -92,7 +85,7 @@ class _Standardizes(_TransformsKernel):
         return self.standardization.kernel(self.kernel[...])
 
 
-class WSConv(_Standardizes, nnx.Conv):
+class WSConv(_Standardizes, OutputSide, nnx.Conv):
     r"""``nnx.Conv`` with Weight Standardization, as :class:`wsjax.WSConv`.
 
     .. math::
@@ -146,30 +139,6 @@ class WSConv(_Standardizes, nnx.Conv):
             self._window_sums(inputs),
             self.bias[...] if self.bias is not None else None,
             self.standardization,
-        )
-
-    def _standardizes_output(self, inputs: jax.Array) -> bool:
-        return standardizes_output(
-            self.apply_to,
-            dtypes=(inputs.dtype, self.param_dtype, self.dtype or self.param_dtype),
-            masked=self.mask is not None,
-            output_positions=lambda: math.prod(
-                jax.eval_shape(self._window_sums, inputs).shape[:-1]
-            ),
-            fan_in=conv_fan_in(self.kernel_size, inputs.shape[-1], self.feature_group_count),
-        )
-
-    def _window_sums(self, inputs: jax.Array) -> jax.Array:
-        return window_sums(
-            inputs,
-            self.kernel_size,
-            self.feature_group_count,
-            self.conv_general_dilated,
-            strides=self.strides,
-            padding=self.padding,
-            input_dilation=self.input_dilation,
-            kernel_dilation=self.kernel_dilation,
-            precision=self.precision,
         )
 
 
