@@ -1,0 +1,11 @@
+"""Pretrained weight-standardized networks, loaded from their published checkpoints.
+
+Each loader takes a flat mapping of the source's parameter names to NumPy arrays and returns
+``(model, variables)`` such that ``model.apply(variables, images_nhwc, train=False)`` gives the source
+network's logits. wsjax never needs torch and never unpickles: convert a PyTorch state dict once with
+``{k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}``.
+"""
+
+from wsjax.pretrained._weights import WeightReader, WeightsMismatchError
+
+__all__ = ["WeightReader", "WeightsMismatchError"]
