@@ -14,11 +14,11 @@ the two frameworks do not share the GPU's memory in one process.
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
 from experiments.accel.context import PartContext
+from experiments.bench import torch_reference
 
 GPU_BATCHES = (2, 64, 256)
 TUNED_BATCHES = (64, 256)
@@ -67,18 +67,8 @@ def time_step(
         step()
     sync()
     warmup_s = time.perf_counter() - start
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            step()
-        sync()
-        samples.append((time.perf_counter() - start) / calls)
-    median = statistics.median(samples)
     return {
-        "batch": batch,
-        "step_time_s": {"median": median, "min": min(samples), "max": max(samples)},
-        "images_per_s": batch / median,
+        **torch_reference.step_times(step, batch, repeats, calls, sync),
         "warmup_and_compile_s": warmup_s,
         "tuned": tuned,
         "compiled": compile,

@@ -17,6 +17,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
@@ -74,18 +75,36 @@ def time_step(model_class, batch: int, repeats: int, calls: int) -> dict:
         return loss.item()  # waits for the step, as block_until_ready does
 
     step()  # warm-up (allocations, Adam state)
+    return {
+        **step_times(step, batch, repeats, calls),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def step_times(
+    step: Callable[[], object],
+    batch: int,
+    repeats: int,
+    calls: int,
+    sync: Callable[[], object] = lambda: None,
+) -> dict:
+    """Seconds per ``step()`` (median, min, max over ``repeats`` of ``calls`` calls) and images per second.
+
+    Warm-up is the caller's. ``sync`` waits for the device after each repeat (``torch.cuda.synchronize``
+    on a GPU). Free of JAX, so that the PyTorch side of the benchmark runs in a torch-only Python.
+    """
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(calls):
             step()
+        sync()
         samples.append((time.perf_counter() - start) / calls)
     median = statistics.median(samples)
     return {
         "batch": batch,
         "step_time_s": {"median": median, "min": min(samples), "max": max(samples)},
         "images_per_s": batch / median,
-        "parameters": sum(p.numel() for p in model.parameters()),
     }
 
 
