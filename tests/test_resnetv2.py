@@ -21,7 +21,7 @@ def _tiny(**kwargs):
     return ResNetV2(**{**fields, **kwargs})
 
 
-def _random_params(model, x, kernel_std=None, seed=0):
+def random_params(model, x, kernel_std=None, seed=0):
     """Every parameter random (GN scale around 1, a non-zero head): init alone would hide mistakes."""
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))["params"]
     leaves, tree = jax.tree.flatten_with_path(params)
@@ -120,7 +120,7 @@ def _check(got, want):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-def _logits(model, params, x):
+def logits_of(model, params, x):
     """The model's logits, compiled (eager dispatch of every op is far slower on a loaded CPU)."""
     return np.asarray(jax.jit(functools.partial(model.apply, train=False))({"params": params}, x))
 
@@ -131,8 +131,8 @@ def test_tiny_resnetv2_matches_the_numpy_reference():
     results = {}
     for pool, pad in (("zeros", 0.0), ("-inf", -np.inf)):
         model = _tiny(pool_padding=pool)
-        params = _random_params(model, x)
-        results[pool] = _logits(model, params, x)
+        params = random_params(model, x)
+        results[pool] = logits_of(model, params, x)
         _check(results[pool], resnetv2_reference(params, x, 4, pool_pad=pad))
     # The root's output is not rectified: zero and -inf padding differ, by more than 10x the tolerance.
     diff = np.abs(results["zeros"] - results["-inf"]).max()
@@ -142,23 +142,23 @@ def test_tiny_resnetv2_matches_the_numpy_reference():
 def test_the_standardization_convention_is_bits():
     """Kernel variances 1e-11..1e-7: BiT's eps 1e-10, not timm's 1e-8; timm's conv gives timm's."""
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-    params = _random_params(_tiny(), x, kernel_std="spread")
-    got = _logits(_tiny(), params, x)
+    params = random_params(_tiny(), x, kernel_std="spread")
+    got = logits_of(_tiny(), params, x)
     _check(got, resnetv2_reference(params, x, 4))
     scale = np.abs(got).max()
     assert (
         np.abs(resnetv2_reference(params, x, 4, eps=1e-8) - got).max() > 1e-3 * scale
     )  # > 10x the tolerance
     timm_conv = functools.partial(wsjax.WSConv, standardization=wsjax.Standardization(1e-8, False))
-    _check(_logits(_tiny(conv=timm_conv), params, x), resnetv2_reference(params, x, 4, eps=1e-8))
+    _check(logits_of(_tiny(conv=timm_conv), params, x), resnetv2_reference(params, x, 4, eps=1e-8))
 
 
 def test_the_variance_is_biased():
     """GN removes a conv's uniform scale, so the n vs n - 1 of the variance shows without norms."""
     x = jax.random.normal(jax.random.key(3), (2, 19, 19, 3))
     model = _tiny(norm=None)
-    params = _random_params(model, x)
-    got = _logits(model, params, x)
+    params = random_params(model, x)
+    got = logits_of(model, params, x)
     _check(got, resnetv2_reference(params, x, None))
     assert (
         np.abs(resnetv2_reference(params, x, None, ddof=1) - got).max() > 1e-3 * np.abs(got).max()

@@ -229,7 +229,12 @@ def from_bit(
     Raises:
       WeightsMismatchError: not a BiT checkpoint, or a name missing, unused or misshapen (the first one).
       ValueError: a bad ``num_classes``.
+      TypeError: ``weights`` is not a mapping.
     """
+    if not hasattr(weights, "keys"):
+        raise TypeError(
+            f"{SOURCE} weights must be a mapping of names to arrays, got {type(weights).__name__}."
+        )
     normalized = _Renamed(
         weights, lambda k: re.sub(r"/standardized_conv2d_\d+/", "/standardized_conv2d/", k)
     )
