@@ -5,6 +5,8 @@ loaders, from big_transfer's ``bit_pytorch/models.py`` ``load_from`` and timm's 
 """
 
 import re
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -216,3 +218,34 @@ def test_other_files_are_refused_with_the_reason(bit_weights):
     extra = {**timm_dict, "stages.0.blocks.0.norm1.running_mean": np.zeros(256)}
     with pytest.raises(WeightsMismatchError, match="first 'stages.0.blocks.0.norm1.running_mean'"):
         from_timm(extra, "resnetv2_50x1_bit")
+
+
+def test_the_device_suite_part_skips_without_torch(tmp_path, monkeypatch):
+    """CI has no torch: the GPU check records why and succeeds; its table row says so."""
+    from experiments.accel import pretrained_check
+    from experiments.accel.context import PartContext, read_results
+    from experiments.accel.table import format_table
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    ctx = PartContext("pretrained", True, tmp_path, None, time.time() + 60)
+    pretrained_check.run(ctx)
+    assert list(ctx.results) == ["skipped"]
+    assert ctx.results["skipped"].startswith("torch or timm not importable: ")
+    assert read_results(ctx.results_path) == ctx.results
+    results = {
+        "suite": {"tiny": True, "source_fingerprint": "abc", "date": "2026-12-01"},
+        "parts": {"pretrained": {"status": "ok", "wall_s": 1.0, "results": ctx.results}},
+    }
+    assert "| skipped: torch or timm not importable" in format_table(results)
+    made_up = {"from_timm": {"vs_timm_float64": {"relative": 1.5e-5}},
+               "from_bit": {"vs_timm_eps_1e-10_float64": {"relative": 2e-5}}}  # fmt: skip
+    results["parts"]["pretrained"]["results"] = made_up
+    assert "| from_timm 1.5e-05 · from_bit 2.0e-05 of the logits' scale" in format_table(results)
+
+
+def test_the_device_checks_own_timm_to_bit_mapping(tiny):
+    """The GPU check renames timm's state dict to BiT's names by its own mapping: checked here, no torch."""
+    from experiments.accel.pretrained_check import timm_to_bit
+
+    _, params, _ = tiny
+    _same_params(from_bit(timm_to_bit(flax_to_timm(params)))[1]["params"], params)
