@@ -237,10 +237,16 @@ def test_the_device_suite_part_skips_without_torch(tmp_path, monkeypatch):
         "parts": {"pretrained": {"status": "ok", "wall_s": 1.0, "results": ctx.results}},
     }
     assert "| skipped: torch or timm not importable" in format_table(results)
-    made_up = {"from_timm": {"vs_timm_float64": {"relative": 1.5e-5}},
-               "from_bit": {"vs_timm_eps_1e-10_float64": {"relative": 2e-5}}}  # fmt: skip
+    case = lambda ours, eps: {"from_timm_vs_timm_float64": {"relative": ours},
+                              "from_bit_vs_timm_eps_1e-10_float64": {"relative": 2e-5},
+                              "timm_eps_1e-8_vs_1e-10": {"relative": eps}}  # fmt: skip
+    made_up = {"timm_init": case(1.5e-5, 2e-5), "kernels_x1e-3": case(1.4e-5, 0.45)}
     results["parts"]["pretrained"]["results"] = made_up
-    assert "| from_timm 1.5e-05 · from_bit 2.0e-05 of the logits' scale" in format_table(results)
+    assert (
+        "| timm_init: from_timm 1.5e-05, from_bit 2.0e-05 (eps 1e-8 vs 1e-10: 2.0e-05) · "
+        "kernels_x1e-3: from_timm 1.4e-05, from_bit 2.0e-05 (eps 1e-8 vs 1e-10: 4.5e-01) of the logits' "
+        "scale, vs timm in float64 |"
+    ) in format_table(results)
 
 
 def test_the_device_checks_own_timm_to_bit_mapping(tiny):
