@@ -43,6 +43,8 @@ PARTS = {
     "torch": ("experiments.accel.torch_bench", 80),
     "profile": ("experiments.accel.profile_step", 30),
     "micro": ("experiments.accel.micro_speed", 35),
+    # Last: it gets what the others leave (they rarely use their whole budgets); skips without torch/timm.
+    "pretrained": ("experiments.accel.pretrained_check", 75),
 }
 DEADLINE_S = 480  # from the suite's start; the wheels' install and Python's start-up come before
 TINY_BUDGET_S = 120  # at least this per part in tiny mode (on a loaded 2-core CPU)

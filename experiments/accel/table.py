@@ -165,6 +165,13 @@ def _profile(r: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def _pretrained(r: dict) -> list[tuple[str, str, str]]:
+    from experiments.accel.pretrained_check import summarize
+
+    label = "pretrained: our ResNetV2 vs timm resnetv2_50x1_bit, max abs logit difference"
+    return [(label, summarize(_part(r, "pretrained")), "<= 1e-4 of the scale")]
+
+
 ROWS: list[tuple[str, Callable[[dict], list[tuple[str, str, str]]]]] = [
     ("tests", _tests),
     ("bench", _precision),
@@ -174,6 +181,7 @@ ROWS: list[tuple[str, Callable[[dict], list[tuple[str, str, str]]]]] = [
     ("tta", _tta),
     ("micro", _micro),
     ("profile", _profile),
+    ("pretrained", _pretrained),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from wsjax.models._norms import NORMS, GroupNorm, norm_layer
 from wsjax.models._resnet import BasicBlock, ResNet, ResNet18
+from wsjax.models._resnetv2 import BIT_DEPTHS, PreActBottleneck, ResNetV2, resnetv2
 from wsjax.models._vgg import (
     VGG,
     VGG16,
@@ -24,4 +25,9 @@ __all__ = [
     "max_pool_2x2",
     "norm_layer",
     "pad_to_multiple",
+    # BiT
+    "BIT_DEPTHS",
+    "PreActBottleneck",
+    "ResNetV2",
+    "resnetv2",
 ]

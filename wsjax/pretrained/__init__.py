@@ -6,6 +6,8 @@ network's logits. wsjax never needs torch and never unpickles: convert a PyTorch
 ``{k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}``.
 """
 
+from wsjax.pretrained._bit import from_bit
+from wsjax.pretrained._timm import from_timm
 from wsjax.pretrained._weights import WeightReader, WeightsMismatchError
 
-__all__ = ["WeightReader", "WeightsMismatchError"]
+__all__ = ["WeightReader", "WeightsMismatchError", "from_bit", "from_timm"]
