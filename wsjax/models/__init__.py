@@ -1,5 +1,16 @@
-"""Models with injected ``conv`` and ``norm``: the reference VGG16 and a CIFAR ResNet-18."""
+"""Models with injected ``conv`` and ``norm``: the reference VGG16, a CIFAR ResNet-18, the paper's ImageNet
+ResNet / ResNeXt."""
 
+from wsjax.models._imagenet_resnet import (
+    OFFICIAL_CONV,
+    OFFICIAL_NORM,
+    Bottleneck,
+    ImageNetResNet,
+    ResNet50,
+    ResNet101,
+    ResNeXt50_32x4d,
+    ResNeXt101_32x4d,
+)
 from wsjax.models._norms import NORMS, GroupNorm, norm_layer
 from wsjax.models._resnet import BasicBlock, ResNet, ResNet18
 from wsjax.models._vgg import (
@@ -24,4 +35,13 @@ __all__ = [
     "max_pool_2x2",
     "norm_layer",
     "pad_to_multiple",
+    # the paper's ImageNet networks (official layout)
+    "OFFICIAL_CONV",
+    "OFFICIAL_NORM",
+    "Bottleneck",
+    "ImageNetResNet",
+    "ResNet50",
+    "ResNet101",
+    "ResNeXt50_32x4d",
+    "ResNeXt101_32x4d",
 ]
