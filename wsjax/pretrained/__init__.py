@@ -6,6 +6,7 @@ network's logits. wsjax never needs torch and never unpickles: convert a PyTorch
 ``{k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}``.
 """
 
+from wsjax.pretrained._official import from_official
 from wsjax.pretrained._weights import WeightReader, WeightsMismatchError
 
-__all__ = ["WeightReader", "WeightsMismatchError"]
+__all__ = ["WeightReader", "WeightsMismatchError", "from_official"]
