@@ -82,7 +82,7 @@ def parameter_count(spec: Spec) -> int:
 def state_dict(spec: Spec, seed: int = 0) -> dict[str, np.ndarray]:
     """A random float32 state dict of the official names and shapes.
 
-    Conv weights have a nonzero mean (WS removes it), norm scales sit around 1, running variances in
+    Conv weights have a nonzero mean (WS removes it) and a std of 0.01, norm scales sit around 1, running variances in
     [0.5, 1.5), and ``num_batches_tracked`` is an int64 scalar, as PyTorch saves it.
     """
     rng = np.random.default_rng(seed)
@@ -95,8 +95,8 @@ def state_dict(spec: Spec, seed: int = 0) -> dict[str, np.ndarray]:
             value = 0.5 + rng.random(shape)
         elif name == "fc.weight":
             value = rng.standard_normal(shape) / np.sqrt(shape[1])
-        elif len(shape) == 4:
-            value = 0.1 + rng.standard_normal(shape)
+        elif len(shape) == 4:  # a trained kernel's scale, where the eps conventions differ by ~5%
+            value = 0.01 * (0.1 + rng.standard_normal(shape))
         elif name.endswith("weight") and not name.startswith("fc"):
             value = 1 + 0.3 * rng.standard_normal(shape)
         else:

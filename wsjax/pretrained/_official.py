@@ -172,9 +172,10 @@ def from_official(
     conv, norm = _norm_of(reader, source)
     head_classes = np.shape(reader.take("fc.bias"))[0] if "fc.bias" in reader else None
     model = ARCHS[arch](num_classes=num_classes or head_classes or 1000, conv=conv, norm=norm)
-    # Shapes only: the ResNeXt's AvgPool2d(7) needs 224 x 224 (a 7 x 7 last map) to trace.
+    # Shapes only, on a side whose last map suits the ResNeXt's AvgPool2d(7): 224 for 4 stages.
+    side = (model.avg_pool_window or 7) * 2 ** (len(model.stage_sizes) + 1)
     abstract = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, side, side, 3)), train=False)
     )
     new_head = num_classes is not None and num_classes != head_classes
     variables: dict[str, Any] = {}
@@ -185,7 +186,9 @@ def from_official(
         name = torch_name(path)
         if new_head and path[0] == "fc":
             # The checkpoint's head must still fit the features; a new one starts at zero.
-            reader.take(name, (head_classes, *shape[1:]) if name == "fc.weight" else (head_classes,))
+            reader.take(
+                name, (head_classes, *shape[1:]) if name == "fc.weight" else (head_classes,)
+            )
             value = np.zeros(leaf.shape, np.float32)
         else:
             value = to_flax(reader.take(name, shape))
