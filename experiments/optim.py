@@ -12,8 +12,11 @@ from experiments.errors import ConfigError
 def learning_rate_schedule(
     config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
 ) -> optax.Schedule:
-    """``constant`` (after an optional linear warm-up) or ``cosine``: warm-up then cosine decay to 0."""
-    warmup = int(config.warmup_epochs * steps_per_epoch)
+    """``constant`` (after an optional linear warm-up), ``cosine`` (warm-up then cosine decay to 0) or
+    ``steps`` (warm-up, then x0.1 at ``config.decay_fractions`` of the run, default 30/60/90%)."""
+    # config.warmup_steps (>= 0, where a config has it) wins over warmup_epochs.
+    warmup_steps = config.get("warmup_steps", -1)
+    warmup = warmup_steps if warmup_steps >= 0 else int(config.warmup_epochs * steps_per_epoch)
     if config.schedule == "constant":
         if warmup == 0:
             return optax.constant_schedule(config.learning_rate)
@@ -28,7 +31,21 @@ def learning_rate_schedule(
         return optax.warmup_cosine_decay_schedule(
             0.0, config.learning_rate, warmup, max(total_steps, warmup + 1), end_value=0.0
         )
-    raise ConfigError(f"unknown schedule {config.schedule!r}; choose 'constant' or 'cosine'.")
+    if config.schedule == "steps":
+        # BiT-HyperRule's: after the warm-up, x0.1 at each of config.decay_fractions of the run.
+        boundaries: dict[int, float] = {}
+        for f in config.get("decay_fractions", (0.3, 0.6, 0.9)):
+            step = max(int(f * total_steps) - warmup, 1)  # counted from the warm-up's end
+            boundaries[step] = boundaries.get(step, 1.0) * 0.1  # decays at one step compound
+        decay = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+        if warmup == 0:
+            return decay
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, config.learning_rate, warmup), decay], [warmup]
+        )
+    raise ConfigError(
+        f"unknown schedule {config.schedule!r}; choose 'constant', 'cosine' or 'steps'."
+    )
 
 
 def _decay_mask(params):

@@ -156,14 +156,20 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
         else config.num_epochs * steps_per_epoch
     )
 
-    model = model_factory.build_model(
-        config, dataset.num_classes, steps.AXIS if config.sync_batch_stats else None
-    )
+    axis_name = steps.AXIS if config.sync_batch_stats else None
+    # config.init_from: a converted checkpoint defines the network and its starting variables.
+    pretrained = model_factory.load_init_from(config, dataset.num_classes, axis_name)
+    if pretrained is not None:
+        model = pretrained.model
+    else:
+        model = model_factory.build_model(config, dataset.num_classes, axis_name)
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
     with _config_errors():
         state = steps.create_train_state(
             model, optim.make_optimizer(config, schedule), dataset.image_shape, config.seed
         )
+    if pretrained is not None:
+        state = model_factory.start_from(state, pretrained)
     state = jax.device_put(state, NamedSharding(mesh, P()))
     step_config = dataclasses.replace(
         steps.StepConfig.from_config(config, per_replica_batch, steps_per_epoch),

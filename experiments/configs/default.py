@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.normalize_std = (0.5,)
 
     # Model.
-    # vgg16 | vgg16_narrow | resnet18 | vgg_small | vgg_tiny (experiments/model_factory.py MODELS)
+    # vgg16 | vgg16_narrow | resnet18 | vgg_small | vgg_tiny | resnet50 | resnet101 | resnext50_32x4d |
+    # resnext101_32x4d (experiments/model_factory.py MODELS)
     config.model = "vgg16"
     config.conv = "ws"  # ws (weight standardization) | plain
     config.ws_preset = "pytorch"  # wsjax.PRESETS key: pytorch | qiao | big_vision | bit | timm

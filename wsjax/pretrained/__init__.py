@@ -7,7 +7,8 @@ network's logits. wsjax never needs torch and never unpickles: convert a PyTorch
 """
 
 from wsjax.pretrained._bit import from_bit
+from wsjax.pretrained._official import from_official
 from wsjax.pretrained._timm import from_timm
 from wsjax.pretrained._weights import WeightReader, WeightsMismatchError
 
-__all__ = ["WeightReader", "WeightsMismatchError", "from_bit", "from_timm"]
+__all__ = ["WeightReader", "WeightsMismatchError", "from_bit", "from_official", "from_timm"]
