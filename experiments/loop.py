@@ -32,13 +32,43 @@ class NonFiniteError(FloatingPointError):
 
 
 class Preemption:
-    """Records SIGTERM so the loop can checkpoint at a step boundary and exit cleanly."""
+    """SIGTERM (a preemption notice) on any process: every process saves the same step, then exits cleanly.
+
+    One process: a Python SIGTERM handler records the notice, and :meth:`reached` returns True at the next
+    step boundary.
+
+    Several processes (``jax.distributed``): a notice that only its own process saw would send that process
+    into the collective save while the others kept stepping, a hang. So the agreement is JAX's own:
+    ``jax.distributed.initialize`` installs the coordination service's SIGTERM handler (C++, polled every
+    second), which posts the notice to every process; each then reports the last counter it passed to
+    ``multihost_utils.reached_preemption_sync_point`` and all agree on the largest plus one, where that call
+    returns True on every process alike. No Python handler is installed then: it would replace that one,
+    and only this process would know. Per step this costs one local mutex (0.19 µs measured on 2 processes
+    over localhost, JAX 0.10.2), against 4 ms and a wait for the device for an all-gather of a "stop" flag
+    (``multihost_utils.process_allgather``), which would also end asynchronous dispatch; the notice reaches
+    the others in about a second plus a step or so. The API is the same in JAX 0.11. Orbax's
+    ``CheckpointManager.reached_preemption`` calls the same function.
+
+    The counter passed is the loop's iteration in this process (1, 2, ...), not the global step: processes
+    resume from one agreed step (``Checkpoints.restore_latest``), so an iteration is the same step on each,
+    and a notice that arrives during set-up, before any call (every counter still 0), stops at iteration 1
+    rather than at a step already behind a resumed run. A notice after the last iteration changes nothing:
+    the run has saved its last step and ends normally.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._shared = False
 
     def __enter__(self):
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            # Raises RuntimeError when the preemption service is off (jax_enable_preemption_service).
+            multihost_utils.reached_preemption_sync_point(0)
+            self._shared = True
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         # Not the main thread (some notebook runners): no preemption handling.
@@ -48,6 +78,17 @@ class Preemption:
 
     def _handle(self, signum, frame):
         self.requested = True
+
+    def reached(self, iteration: int) -> bool:
+        """Whether to save and stop after ``iteration`` (1 for the first step this process runs).
+
+        Call it once per iteration on every process: under several processes it is where they agree.
+        """
+        if self._shared:
+            from jax.experimental import multihost_utils
+
+            self.requested = multihost_utils.reached_preemption_sync_point(iteration)
+        return self.requested
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -141,7 +182,7 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
             state, metrics = run.train_step(state, train.images, train.labels)
             run.profiler.after(step, state)
             pending.append(metrics)
-            stop = preemption.requested
+            stop = preemption.reached(step - run.start_step)
             log_due = due(step, run.log_every, run.total_steps)
             eval_due = due(step, run.eval_every, run.total_steps)
             save_due = due(step, run.checkpoint_every, run.total_steps) or stop
@@ -175,7 +216,7 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
                 run.checkpoints.save(step, state)
                 run.run_info.update(step)
             if stop:
-                if run.is_main:
+                if run.is_main or jax.process_count() > 1:  # each host's log says where it stopped
                     print(
                         f"SIGTERM: saved checkpoint {step}; exiting. Rerun to resume.",
                         file=sys.stderr,
