@@ -199,6 +199,18 @@ class Checkpoints:
         self.manager.close()
 
 
+def newest_step(workdir: str | pathlib.Path) -> int:
+    """The newest complete checkpoint's step in ``workdir`` (0 for none), from the folder names alone.
+
+    Orbax publishes a checkpoint by renaming its temporary folder to the bare step number.
+    """
+    directory = pathlib.Path(workdir) / "checkpoints"
+    steps = (
+        [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+    )
+    return max(steps, default=0)
+
+
 # Words of errors that say nothing about the checkpoint's files: the storage, the permissions or the machine
 # (tensorstore reports them as a ValueError with its status code first, e.g. "PERMISSION_DENIED: ...").
 _NOT_DAMAGE = (

@@ -92,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     cpu_backend.verify()  # warns once if XLA:CPU started without the settings
     validate(config, num_devices)
     check_writable(workdir)
-    with WorkdirLock(workdir), Preemption() as preemption:
+    with WorkdirLock(workdir), Preemption(workdir) as preemption:
         run = _set_up(config, workdir)
         try:
             return run_loop(run, preemption)

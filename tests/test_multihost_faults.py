@@ -24,7 +24,10 @@ from tests.multihost_checkpoint_worker import SCENARIOS, state
 TIMEOUT = (
     300  # seconds for one run of both processes; a loaded 2-core machine can take minutes to start
 )
-STEPS = 200  # long enough that a notice sent once set-up is done arrives well before the last step
+# A notice sent once set-up is done reaches every process within about a second (JAX polls for SIGTERM every
+# second), well before the last step: compiling the first step alone takes longer here.
+STEPS = 40
+EVERY = 10  # checkpoint period; 3 are kept
 ARGS = [
     "--config=experiments/configs/default.py",
     "--config.dataset=synthetic",
@@ -32,9 +35,9 @@ ARGS = [
     "--config.num_groups=4",
     "--config.global_batch_size=16",
     f"--config.num_train_steps={STEPS}",
-    "--config.checkpoint_every_steps=50",
+    f"--config.checkpoint_every_steps={EVERY}",
     f"--config.eval_every_steps={STEPS}",
-    "--config.log_every_steps=50",
+    f"--config.log_every_steps={EVERY}",
     "--config.learning_rate=0.001",
     "--config.progress_bar=False",
 ]
@@ -93,7 +96,7 @@ def _assert_bitwise_equal(a, b):
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     _train(workdir)
-    assert checkpoint_steps(workdir) == [50, 100, 150, 200]
+    assert checkpoint_steps(workdir) == [STEPS - 2 * EVERY, STEPS - EVERY, STEPS]
     return workdir
 
 
@@ -134,7 +137,7 @@ def test_damaged_newest_checkpoint_is_moved_once_and_both_resume_from_the_previo
     (_, _, err0), (_, _, err1) = rerun
     assert f"checkpoint {STEPS} is unreadable" in err0  # said by process 0 alone
     assert "is unreadable" not in err1, err1[-3000:]
-    assert f"resuming from checkpoint {STEPS - 50}" in err0
+    assert f"resuming from checkpoint {STEPS - EVERY}" in err0
     assert [p.name.split("-")[0] for p in (workdir / "unreadable_checkpoints").iterdir()] == [
         str(STEPS)
     ]
