@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 
 from experiments import data, steps
 from experiments.checkpoints import Checkpoints, newest_step
+from experiments.errors import ConfigError
 from experiments.metrics import MetricsWriter
 from experiments.profiling import StepProfiler
 from experiments.run_info import RunInfo
@@ -67,9 +68,16 @@ class Preemption:
 
     def __enter__(self):
         if jax.process_count() > 1:
-            # Raises RuntimeError when the preemption service is off (jax_enable_preemption_service).
             newest = newest_step(self._workdir) if self._workdir is not None else 0
-            multihost_utils.reached_preemption_sync_point(newest)
+            try:
+                multihost_utils.reached_preemption_sync_point(newest)
+            except (
+                RuntimeError
+            ) as e:  # the service is off: SIGTERM would stop one process, the rest hang
+                raise ConfigError(
+                    "several processes need JAX's preemption service to stop together on SIGTERM, and "
+                    "jax_enable_preemption_service is off; turn it back on (its default)."
+                ) from e
             self._shared = True
             return self
         try:

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import cpu_backend, data, model_factory, optim, placement, steps
-from experiments.checkpoints import CheckpointMismatchError, Checkpoints
+from experiments.checkpoints import CheckpointMismatchError, Checkpoints, CheckpointViewError
 from experiments.errors import ConfigError
 from experiments.loop import NonFiniteError, Preemption, Run, run_loop
 from experiments.metrics import MetricsWriter
@@ -231,6 +231,7 @@ USER_ERRORS = (
     NonFiniteError,
     WorkdirBusyError,
     CheckpointMismatchError,
+    CheckpointViewError,
     data.DatasetUnavailableError,
 )
 

@@ -5,6 +5,7 @@ enter (a hang). Each test bounds every process with a timeout, so a hang fails t
 process printed instead of stalling CI.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -216,3 +217,17 @@ def test_processes_agree_on_the_step_to_resume_from(tmp_path):
     # only where process 0 read the checkpoint fine).
     assert sum(log.count("checkpoint 3 is unreadable (") for log in logs) == 1
     assert sum(log.count("checkpoint 3 is unreadable on process(es) [1]") for log in logs) == 1
+
+
+@pytest.mark.slow
+def test_a_busy_workdir_stops_every_process(tmp_path):
+    with (tmp_path / ".lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 12345")
+        held.flush()
+        results = _finish(_start([*TRAIN, *ARGS, f"--workdir={tmp_path}"]))
+    for i, (code, _, err) in enumerate(results):
+        last_line = err.strip().splitlines()[-1]
+        assert code == 1 and "is in use by" in last_line, f"process {i}: {err[-3000:]}"
+    assert "pid 12345" in results[0][2]
+    assert not (tmp_path / "checkpoints").exists()
