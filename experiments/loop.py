@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 import signal
 import sys
 import time
@@ -19,9 +20,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from experiments import data, steps
-from experiments.checkpoints import Checkpoints
+from experiments.checkpoints import Checkpoints, newest_step
+from experiments.errors import ConfigError
 from experiments.metrics import MetricsWriter
 from experiments.profiling import StepProfiler
 from experiments.run_info import RunInfo
@@ -32,13 +35,51 @@ class NonFiniteError(FloatingPointError):
 
 
 class Preemption:
-    """Records SIGTERM so the loop can checkpoint at a step boundary and exit cleanly."""
+    """SIGTERM (a preemption notice) on any process: every process saves the same step, then exits cleanly.
 
-    def __init__(self):
+    One process: a Python SIGTERM handler records the notice, and :meth:`reached` returns True at the next
+    step boundary.
+
+    Several processes (``jax.distributed``): a notice that only its own process saw would send that process
+    into the collective save while the others kept stepping, a hang. So the agreement is JAX's own:
+    ``jax.distributed.initialize`` installs the coordination service's SIGTERM handler (C++, polled every
+    second), which posts the notice to every process; each then reports the last counter it passed to
+    ``multihost_utils.reached_preemption_sync_point`` and all take the largest plus one, where that call
+    returns True on every process alike. No Python handler is installed then: it would replace that one,
+    and only this process would know. Per step this costs one local mutex (0.19 µs a call, measured on 2
+    processes over localhost, JAX 0.10.2), where an all-gather of a "stop" flag
+    (``multihost_utils.process_allgather``) took 4 ms and would wait for the device every step, ending
+    asynchronous dispatch. Measured here: SIGTERM to one of two processes at step 100, both saved step 104.
+    JAX 0.11.2 has the same function and service (its wheels checked, not run: no Python 3.12 here).
+
+    The counter is the global step, because orbax's ``CheckpointManager.save`` passes its step to the same
+    function. A notice that comes before a process's first call counts it at 0 and so stops at step 1,
+    which a resumed run never passes again: so :meth:`__enter__` passes the newest checkpoint's step at once
+    (``workdir``), before the minutes of set-up, and :meth:`begin` the agreed step the loop resumes from.
+    What remains is the moment between ``jax.distributed.initialize`` and :meth:`__enter__`. A notice after
+    the last step changes nothing: the run has saved it and ends normally.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path | None = None):
         self.requested = False
         self._previous = None
+        self._shared = False
+        self._workdir = workdir
 
     def __enter__(self):
+        if jax.process_count() > 1:
+            newest = newest_step(self._workdir) if self._workdir is not None else 0
+            try:
+                multihost_utils.reached_preemption_sync_point(newest)
+            except (
+                RuntimeError
+            ) as e:  # the service is off: SIGTERM would stop one process, the rest hang
+                raise ConfigError(
+                    "several processes need JAX's preemption service to stop together on SIGTERM, and "
+                    "jax_enable_preemption_service is off; turn it back on (its default)."
+                ) from e
+            self._shared = True
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         # Not the main thread (some notebook runners): no preemption handling.
@@ -48,6 +89,19 @@ class Preemption:
 
     def _handle(self, signum, frame):
         self.requested = True
+
+    def begin(self, step: int) -> None:
+        """Before the loop, on every process: ``step`` is the one restored (0 for none)."""
+        self.reached(step)
+
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after ``step``; once True, stays True.
+
+        Call it after every step on every process: under several processes it is where they agree.
+        """
+        if self._shared:
+            self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -135,13 +189,14 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
     pending: list[dict[str, jax.Array]] = []
     window_start, window_first_step = time.perf_counter(), run.start_step
     test_metrics: dict[str, float] | None = None
+    preemption.begin(run.start_step)
     try:
         for step in range(run.start_step + 1, run.total_steps + 1):
             run.profiler.before(step, state)
             state, metrics = run.train_step(state, train.images, train.labels)
             run.profiler.after(step, state)
             pending.append(metrics)
-            stop = preemption.requested
+            stop = preemption.reached(step)
             log_due = due(step, run.log_every, run.total_steps)
             eval_due = due(step, run.eval_every, run.total_steps)
             save_due = due(step, run.checkpoint_every, run.total_steps) or stop
@@ -175,7 +230,7 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
                 run.checkpoints.save(step, state)
                 run.run_info.update(step)
             if stop:
-                if run.is_main:
+                if run.is_main or jax.process_count() > 1:  # each host's log says where it stopped
                     print(
                         f"SIGTERM: saved checkpoint {step}; exiting. Rerun to resume.",
                         file=sys.stderr,

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import cpu_backend, data, model_factory, optim, placement, steps
-from experiments.checkpoints import CheckpointMismatchError, Checkpoints
+from experiments.checkpoints import CheckpointMismatchError, Checkpoints, CheckpointViewError
 from experiments.errors import ConfigError
 from experiments.loop import NonFiniteError, Preemption, Run, run_loop
 from experiments.metrics import MetricsWriter
@@ -92,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     cpu_backend.verify()  # warns once if XLA:CPU started without the settings
     validate(config, num_devices)
     check_writable(workdir)
-    with WorkdirLock(workdir), Preemption() as preemption:
+    with WorkdirLock(workdir), Preemption(workdir) as preemption:
         run = _set_up(config, workdir)
         try:
             return run_loop(run, preemption)
@@ -237,6 +237,7 @@ USER_ERRORS = (
     NonFiniteError,
     WorkdirBusyError,
     CheckpointMismatchError,
+    CheckpointViewError,
     data.DatasetUnavailableError,
 )
 

@@ -7,6 +7,7 @@ import os
 import pathlib
 
 import jax
+import numpy as np
 
 from experiments.errors import ConfigError
 
@@ -36,6 +37,8 @@ class WorkdirLock:
     """An exclusive ``flock`` on ``WORKDIR/.lock`` held by process 0 for the whole run.
 
     The kernel releases it when the process dies, even by ``kill -9``, so a crashed run never blocks its rerun.
+    Under several processes the others learn whether process 0 got it and refuse alike: one process stopping
+    alone would leave the others waiting for it in their first collective.
     """
 
     def __init__(self, workdir: pathlib.Path):
@@ -43,8 +46,23 @@ class WorkdirLock:
         self._file = None
 
     def __enter__(self):
-        if jax.process_index() != 0:
-            return self
+        holder = None
+        if jax.process_index() == 0:
+            holder = self._acquire()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            busy = multihost_utils.broadcast_one_to_all(np.int32(holder is not None))
+            if holder is None and busy:
+                holder = "another process (process 0 found the lock taken)"
+        if holder is not None:
+            raise WorkdirBusyError(
+                f"workdir {self.path.parent} is in use by {holder}; wait for it to finish or use another --workdir."
+            )
+        return self
+
+    def _acquire(self) -> str | None:
+        """Takes the lock: None if it got it, else who holds it (as the lock file says)."""
         self._file = self.path.open("a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,14 +70,13 @@ class WorkdirLock:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
             self._file.close()
-            raise WorkdirBusyError(
-                f"workdir {self.path.parent} is in use by {holder}; wait for it to finish or use another --workdir."
-            ) from None
+            self._file = None
+            return holder
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()}")
         self._file.flush()
-        return self
+        return None
 
     def __exit__(self, *exc):
         if self._file is not None:

@@ -23,15 +23,15 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def _restore_failing_at_2(monkeypatch, manager, error):
-    restore = manager.restore
+def _restore_failing_at_2(monkeypatch, ckpts, error):
+    read = ckpts._read
 
     def failing(step, *args, **kwargs):
         if step == 2:
             raise error
-        return restore(step, *args, **kwargs)
+        return read(step, *args, **kwargs)
 
-    monkeypatch.setattr(manager, "restore", failing)
+    monkeypatch.setattr(ckpts, "_read", failing)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def _restore_failing_at_2(monkeypatch, manager, error):
 )
 def test_a_transient_error_is_raised_and_the_checkpoint_stays(workdir, monkeypatch, error):
     ckpts = Checkpoints(workdir, keep=3)
-    _restore_failing_at_2(monkeypatch, ckpts.manager, error)
+    _restore_failing_at_2(monkeypatch, ckpts, error)
     with pytest.raises(type(error), match=str(error.args[-1])):
         ckpts.restore_latest(STATE)
     ckpts.close()
@@ -65,7 +65,7 @@ def test_a_transient_error_is_raised_and_the_checkpoint_stays(workdir, monkeypat
 )
 def test_damage_is_moved_aside_and_the_previous_checkpoint_restored(workdir, monkeypatch, error):
     ckpts = Checkpoints(workdir, keep=3)
-    _restore_failing_at_2(monkeypatch, ckpts.manager, error)
+    _restore_failing_at_2(monkeypatch, ckpts, error)
     state, step, skipped = ckpts.restore_latest(STATE)
     ckpts.close()
     assert step == 1 and len(skipped) == 1 and "checkpoint 2 is unreadable" in skipped[0]
