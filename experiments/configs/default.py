@@ -33,7 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.input_workers = (
         0  # stream: grain worker processes for augmentation (0: in the training process)
     )
-    config.input_threads = 16  # stream: threads that read and decode records
+    config.input_threads = (
+        0  # stream: threads that read and decode records (0: the host's cores, at most 16)
+    )
     config.prefetch = 2  # stream: batches placed on the devices ahead of the step
     config.crop_padding = 4  # random crop back to size after zero-padding each side by this much
     config.horizontal_flip = True  # random left-right mirror

@@ -35,6 +35,7 @@ batches ahead, so the step waits on the host only when the host is slower than t
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -143,7 +144,7 @@ def eval_host_batches(
         }
         if n:
             out["image"][:n], out["label"][:n] = batch["image"], batch["label"]
-            out["index"][:n] = batch["index"] + lo
+            out["index"][:n] = batch["index"]  # the position in the split (Decoded)
         yield out
 
 
@@ -224,7 +225,7 @@ class StreamInput:
         self.num_replicas = mesh.devices.size * replicas_per_device
         self.per_replica_batch, self.eval_per_replica = per_replica_batch, eval_per_replica
         self.workers = config.get("input_workers", 0)
-        self.threads = config.get("input_threads", 16)
+        self.threads = config.get("input_threads", 0) or min(16, os.cpu_count() or 1)
         self.depth = config.get("prefetch", 2)
         self.train_source = sources_lib.Decoded(self.sources.train, channels)
         self.eval_source = sources_lib.Decoded(self.sources.eval, channels)

@@ -52,12 +52,19 @@ def flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def pad_crop_flip(
     image: np.ndarray, rng: np.random.Generator, padding: int, mirror: bool
 ) -> np.ndarray:
-    """Zero-pads each side by ``padding``, crops back at a random offset, then maybe mirrors."""
+    """Zero-pads each side by ``padding``, crops back at a random offset, then maybe mirrors.
+
+    The crop at offset ``(top, left)`` of the padded image is the image shifted by ``(top - p, left - p)``
+    with zeros where it leaves the image: copied directly, without building the padded array.
+    """
     if padding > 0:
         h, w = image.shape[:2]
-        padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
-        top, left = rng.integers(0, 2 * padding + 1, size=2)
-        image = padded[top : top + h, left : left + w]
+        dy, dx = (int(v) - padding for v in rng.integers(0, 2 * padding + 1, size=2))
+        out = np.zeros_like(image)
+        out[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] = image[
+            max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)
+        ]
+        image = out
     return np.ascontiguousarray(flip(image, rng) if mirror else image)
 
 
