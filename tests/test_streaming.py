@@ -10,6 +10,7 @@ from PIL import Image
 
 from experiments import data, train
 from experiments.configs import imagenet
+from experiments.errors import ConfigError
 from experiments.input import choice, sources, stream, transforms
 from experiments.metrics import read_metrics
 from tests.helpers import SHARED_TFDS, needs_fashion_mnist, tiny_config
@@ -165,6 +166,15 @@ def test_imagenet_config_trains_and_evaluates_on_mock_data(tmp_path, monkeypatch
     assert (tmp_path / "w" / "input_positions" / "2" / "process_0.json").exists()
 
 
+@pytest.mark.slow
+def test_memory_checkpoint_is_not_resumed_as_a_stream(tmp_path):
+    train.train_and_evaluate(tiny_config(num_train_steps=2, input_pipeline="memory"), str(tmp_path))
+    with pytest.raises(
+        ConfigError, match="checkpoint 2 has no streaming input position .* new --workdir"
+    ):
+        train.train_and_evaluate(tiny_config(input_pipeline="stream"), str(tmp_path))
+
+
 @pytest.fixture(scope="module")
 def fashion_mnist_array_record(tmp_path_factory):
     from experiments.input import convert
@@ -198,7 +208,7 @@ def test_stream_matches_memory_on_fashion_mnist(tmp_path, fashion_mnist_array_re
         tiny_config(**common, input_pipeline="stream", data_dir=str(fashion_mnist_array_record)),
         str(tmp_path / "stream"),
     )
-    # Same model, budget and data; other draws of order and augmentation. 60 steps reach ~0.75 on all
-    # 10,000 test images (0.76 memory, 0.74 streamed when written); seeds move that by a few points.
+    # Same model, budget and data; other draws of order and augmentation. 60 steps reached 0.76 (memory)
+    # and 0.74 (streamed) on all 10,000 test images when this was written: the bound is 4x that gap.
     assert memory["accuracy"] > 0.6 and streamed["accuracy"] > 0.6
     assert abs(memory["accuracy"] - streamed["accuracy"]) < 0.08, (memory, streamed)

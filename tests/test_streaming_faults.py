@@ -59,20 +59,3 @@ def test_kill_9_mid_epoch_then_rerun_is_bitwise_identical(tmp_path):
     # Positions of steps older than the oldest checkpoint kept (3 kept) are gone.
     kept = checkpoint_steps(killed)
     assert sorted(int(p.name) for p in (killed / "input_positions").iterdir()) == kept
-
-
-def test_memory_checkpoint_is_not_resumed_as_a_stream(tmp_path):
-    first = run_cli(
-        [
-            *FAULT_ARGS,
-            f"--workdir={tmp_path}",
-            "--config.num_train_steps=2",
-            "--config.input_pipeline=memory",
-            "--config.checkpoint_every_steps=2",
-        ]
-    )
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli([*ARGS, f"--workdir={tmp_path}"])
-    assert second.returncode == 1
-    last_line = second.stderr.strip().splitlines()[-1]
-    assert "has no streaming input position" in last_line and "new --workdir" in last_line

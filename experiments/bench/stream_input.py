@@ -133,3 +133,11 @@ def measure(tiny: bool, consumed: dict[str, float | None]) -> dict[str, Any]:
             "cores_to_feed_the_step": step / train if step else None,
         }
     return results
+
+
+if (
+    __name__ == "__main__"
+):  # the host figures alone, without a device step: python -m experiments.bench.stream_input
+    import json
+
+    print(json.dumps(measure(False, {}), indent=2))
