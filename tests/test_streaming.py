@@ -103,6 +103,8 @@ def test_auto_choice_by_decoded_size():
 
     assert choice.decoded_bytes(info((28, 28, 1), 60000)) == 60000 * 784
     assert choice.decoded_bytes(info((None, None, 3), 1281167)) is None
+    unrecorded = types.SimpleNamespace(features=info((4, 4, 1), 1).features, splits={})
+    assert choice.decoded_bytes(unrecorded) == 0
     big = choice.MEMORY_LIMIT_BYTES // (32 * 32 * 3) + 1
     assert choice.decoded_bytes(info((32, 32, 3), big)) > choice.MEMORY_LIMIT_BYTES
     assert choice.resolve(tiny_config(input_pipeline="auto")) == "memory"  # synthetic
