@@ -129,7 +129,10 @@ def run(
 def _stream_input(setup: cases.Setup, tiny: bool, cifar_step: dict) -> dict:
     """The streaming pipeline's host images/s (experiments/bench/stream_input.py) against the steps' needs:
     CIFAR-sized against this run's float32 step, ImageNet-sized against a ResNet-50 step at 224."""
-    from experiments.bench import stream_input  # grain: only here
+    try:
+        from experiments.bench import stream_input  # grain: only here
+    except ImportError as e:  # grain needs Python >= 3.11
+        return {"skipped": f"grain unavailable: {e}"}
 
     imagenet_step = stream_input.imagenet_step_images_per_s(setup, tiny)
     consumed = {

@@ -6,6 +6,8 @@ import types
 
 import numpy as np
 import pytest
+
+pytest.importorskip("grain", reason="the streaming pipeline needs grain (Python >= 3.11)")
 from PIL import Image
 
 from experiments import data, train

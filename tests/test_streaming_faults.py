@@ -10,6 +10,8 @@ import signal
 
 import pytest
 
+pytest.importorskip("grain", reason="the streaming pipeline needs grain (Python >= 3.11)")
+
 from tests.helpers import (
     FAULT_ARGS,
     checkpoint_steps,
