@@ -84,7 +84,7 @@ def run(
         "started": now.strftime("%Y-%m-%d_%H%M%S"),
         "tiny": tiny,
     }
-    case = _Progress(len(batches) + 5 + bool(torch_python))
+    case = _Progress(len(batches) + 6 + bool(torch_python))
     results["ws_overhead"] = [
         case(f"WS overhead, batch {b}", cases.ws_overhead, setup, b) for b in batches
     ]
@@ -108,6 +108,9 @@ def run(
         large,
         results["throughput"][0]["images_per_s"],
     )
+    results["stream_input"] = case(
+        "streaming input (host)", _stream_input, setup, tiny, results["throughput"][0]
+    )
     results["inference"] = case("inference, folded vs WS", cases.inference, setup, large)
     results["small_map_conv"] = case("small-map convolution", cases.small_map_conv, setup, large)
     if torch_python:
@@ -121,6 +124,27 @@ def run(
     print(format_table(results))
     print(f"\nwritten to {path}", file=sys.stderr)
     return results, path
+
+
+def _stream_input(setup: cases.Setup, tiny: bool, cifar_step: dict) -> dict:
+    """The streaming pipeline's host images/s (experiments/bench/stream_input.py) against the steps' needs:
+    CIFAR-sized against this run's float32 step, ImageNet-sized against a ResNet-50 step at 224."""
+    try:
+        from experiments.bench import stream_input  # grain: only here
+    except ImportError as e:  # grain needs Python >= 3.11
+        return {"skipped": f"grain unavailable: {e}"}
+
+    imagenet_step = stream_input.imagenet_step_images_per_s(setup, tiny)
+    consumed = {
+        "cifar": cifar_step["images_per_s"],
+        "imagenet": imagenet_step["images_per_s"] if imagenet_step else None,
+    }
+    results = stream_input.measure(tiny, consumed)
+    results["cifar"]["step"] = (
+        f"{cifar_step['model']} {cifar_step['dtype']}, batch {cifar_step['per_device_batch']}"
+    )
+    results["imagenet"]["step"] = "resnet50 GN+WS float32, batch 8" if imagenet_step else None
+    return results
 
 
 def torch_reference(python: str, batches: list[int], setup: cases.Setup, results: dict) -> dict:
@@ -179,6 +203,19 @@ def format_table(r: dict) -> str:
     lines.append(
         f"| input pipeline (draw + augment on device) | {p['images_per_s']:.0f} img/s = {p['headroom']:.1f}x what the step consumes |"
     )
+    for kind, s in r.get("stream_input", {}).items():
+        if not isinstance(s, dict):
+            continue
+        against = (
+            f"; {s['headroom']:.1f}x what the step consumes ({s['step']}: {s['step_consumes_images_per_s']:.1f} img/s)"
+            if s["headroom"]
+            else ""
+        )
+        lines.append(
+            f"| streaming input, {kind} ({s['image']}), host | {s['train_images_per_s_per_core']:.0f} img/s per core "
+            f"training, {s['eval_images_per_s_per_core']:.0f} evaluation; pipeline {s['pipeline_images_per_s']:.0f} img/s "
+            f"on {r['stream_input']['cores']} cores{against} |"
+        )
     i = r["inference"]
     lines.append(
         f"| inference, batch {i['batch']}: folded / WS | {i['speedup']:.3f}x faster ({_range(i['folded_s'])} vs "

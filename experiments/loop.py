@@ -119,14 +119,25 @@ def due(step: int, every: int, last: int) -> bool:
 def evaluate(
     eval_step, state, split: data.ShardedSplit, per_replica_batch: int
 ) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy over a device-resident split (the memory path)."""
+    batches = (
+        (split.images, split.labels, split.mask, jnp.int32(i))
+        for i in range(split.per_replica // per_replica_batch)
+    )
+    return evaluate_batches(eval_step, state, batches)
+
+
+def evaluate_batches(eval_step, state, batches) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy summed over ``eval_step(state, *args)`` for each ``args`` of ``batches``."""
     totals = None
-    for i in range(split.per_replica // per_replica_batch):
-        sums = eval_step(state, split.images, split.labels, split.mask, jnp.int32(i))
+    for args in batches:
+        sums = eval_step(state, *args)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     return {
         "loss": float(totals["loss"]) / float(totals["count"]),
         "accuracy": float(totals["correct"]) / float(totals["count"]),
+        "top5_accuracy": float(totals["correct_top5"]) / float(totals["count"]),
     }
 
 
@@ -148,7 +159,11 @@ class Run:
 
     config: ml_collections.ConfigDict
     is_main: bool
-    dataset: data.Dataset
+    dataset: data.Dataset | None  # the memory path's arrays (None when streaming)
+    input: Any  # experiments.input: MemoryInput or StreamInput
+    positions: (
+        Any  # experiments.input.positions.Positions (the streaming iterator's, per checkpoint)
+    )
     state: steps.TrainState
     start_step: int
     total_steps: int
@@ -166,13 +181,14 @@ class Run:
 
     def close(self) -> None:
         self.profiler.close()
+        self.input.close()
         self.writer.close()
         self.checkpoints.close()
 
 
 def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
     """Trains from ``run.start_step`` to ``run.total_steps``, logging, evaluating and checkpointing as due."""
-    config, state, train = run.config, run.state, run.dataset.train
+    config, state = run.config, run.state
     progress = None
     if run.is_main and config.progress_bar:
         from tqdm.auto import tqdm
@@ -193,7 +209,7 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
     try:
         for step in range(run.start_step + 1, run.total_steps + 1):
             run.profiler.before(step, state)
-            state, metrics = run.train_step(state, train.images, train.labels)
+            state, metrics = run.train_step(state, *run.input.train_args())
             run.profiler.after(step, state)
             pending.append(metrics)
             stop = preemption.reached(step)
@@ -222,12 +238,13 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
                     )
                 window_start, window_first_step = time.perf_counter(), step
             if eval_due:
-                test_metrics = evaluate(
-                    run.eval_step, state, run.dataset.test, run.eval_per_replica
-                )
+                test_metrics = evaluate_batches(run.eval_step, state, run.input.eval_batches())
                 run.writer.write(step, "test", test_metrics)
             if save_due:
+                if run.input.position is not None:  # streaming: first, so no checkpoint lacks it
+                    run.positions.save(step, run.input.position)
                 run.checkpoints.save(step, state)
+                run.positions.prune(run.checkpoints.manager.all_steps())
                 run.run_info.update(step)
             if stop:
                 if run.is_main or jax.process_count() > 1:  # each host's log says where it stopped
@@ -237,7 +254,7 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
                     )
                 return {"step": step, "preempted": True}
         if test_metrics is None:  # resumed at the very end
-            test_metrics = evaluate(run.eval_step, state, run.dataset.test, run.eval_per_replica)
+            test_metrics = evaluate_batches(run.eval_step, state, run.input.eval_batches())
     finally:
         if progress is not None:
             progress.close()

@@ -13,7 +13,9 @@ def learning_rate_schedule(
     config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
 ) -> optax.Schedule:
     """``constant`` (after an optional linear warm-up), ``cosine`` (warm-up then cosine decay to 0) or
-    ``steps`` (warm-up, then x0.1 at ``config.decay_fractions`` of the run, default 30/60/90%)."""
+    ``steps`` (warm-up, then x0.1 at each epoch of ``config.decay_epochs`` where a config sets it: the ResNet
+    recipe's 30 and 60 of 90; else at each of ``config.decay_fractions`` of the run, default 30/60/90%:
+    BiT-HyperRule's)."""
     # config.warmup_steps (>= 0, where a config has it) wins over warmup_epochs.
     warmup_steps = config.get("warmup_steps", -1)
     warmup = warmup_steps if warmup_steps >= 0 else int(config.warmup_epochs * steps_per_epoch)
@@ -32,10 +34,14 @@ def learning_rate_schedule(
             0.0, config.learning_rate, warmup, max(total_steps, warmup + 1), end_value=0.0
         )
     if config.schedule == "steps":
-        # BiT-HyperRule's: after the warm-up, x0.1 at each of config.decay_fractions of the run.
+        # After the warm-up, x0.1 at each decay (absolute steps of the run).
+        if config.get("decay_epochs", ()):
+            decays = [int(e * steps_per_epoch) for e in config.decay_epochs]
+        else:
+            decays = [int(f * total_steps) for f in config.get("decay_fractions", (0.3, 0.6, 0.9))]
         boundaries: dict[int, float] = {}
-        for f in config.get("decay_fractions", (0.3, 0.6, 0.9)):
-            step = max(int(f * total_steps) - warmup, 1)  # counted from the warm-up's end
+        for at in decays:
+            step = max(at - warmup, 1)  # counted from the warm-up's end
             boundaries[step] = boundaries.get(step, 1.0) * 0.1  # decays at one step compound
         decay = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
         if warmup == 0:
@@ -56,7 +62,8 @@ def _decay_mask(params):
 def make_optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-    """``adam`` (the reference), ``adamw``, or ``sgd`` with Nesterov momentum; weight decay on kernels."""
+    """``adam`` (the reference), ``adamw``, ``sgd`` with Nesterov momentum, or ``momentum`` (SGD with heavy-ball
+    momentum, as ``torch.optim.SGD`` in the ImageNet recipe); weight decay on kernels."""
     if config.optimizer == "adam":
         tx = optax.adam(schedule)
         if config.weight_decay:  # L2 in the loss gradient, as torch.optim.Adam(weight_decay=...)
@@ -69,4 +76,11 @@ def make_optimizer(
             optax.add_decayed_weights(config.weight_decay, _decay_mask),
             optax.sgd(schedule, momentum=config.momentum, nesterov=True),
         )
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose 'adam', 'adamw' or 'sgd'.")
+    if config.optimizer == "momentum":
+        return optax.chain(
+            optax.add_decayed_weights(config.weight_decay, _decay_mask),
+            optax.sgd(schedule, momentum=config.momentum, nesterov=False),
+        )
+    raise ConfigError(
+        f"unknown optimizer {config.optimizer!r}; choose 'adam', 'adamw', 'sgd' or 'momentum'."
+    )

@@ -70,6 +70,9 @@ class StepConfig:
     # as one batch (see _pooled_gradient).
     pool_replicas: bool = False
     data_order: str = "replica"  # replica | example (see the module docstring)
+    # The host already drew and augmented each replica's batch (experiments/input/stream.py): the step's
+    # images/labels are the batch itself, (replicas, per_replica_batch, ...), not the replica's shard.
+    streamed: bool = False
 
     def __post_init__(self):
         if self.data_order not in DATA_ORDERS:
@@ -180,11 +183,18 @@ def _gradient(state: TrainState, params, x: jax.Array, batch_labels: jax.Array):
     return grads, batch_stats, {"loss": loss, "accuracy": accuracy}
 
 
+def _replica_batch(state: TrainState, images, labels, cfg: StepConfig, replica):
+    """The replica's normalized batch: drawn from its shard, or (streamed) as the host made it."""
+    if cfg.streamed:
+        return augment.normalize(images, cfg.mean, cfg.std), labels
+    return draw_batch(state.rng, state.step, images, labels, cfg, replica)
+
+
 def _replica_gradient(
     state: TrainState, params, images: jax.Array, labels: jax.Array, replica: jax.Array, cfg
 ):
     """One replica's step up to its gradient: draw its batch, augment, loss, backward. No averaging."""
-    x, batch_labels = draw_batch(state.rng, state.step, images, labels, cfg, replica)
+    x, batch_labels = _replica_batch(state, images, labels, cfg, replica)
     return _gradient(state, params, x, batch_labels)
 
 
@@ -196,7 +206,7 @@ def _pooled_gradient(state: TrainState, params, images: jax.Array, labels: jax.A
     mean gradient: the same maths as vmapped replicas, which cannot average statistics over their vmapped axis
     and the devices' axis in one collective inside ``shard_map``.
     """
-    draw = jax.vmap(lambda im, lb, r: draw_batch(state.rng, state.step, im, lb, cfg, r))
+    draw = jax.vmap(lambda im, lb, r: _replica_batch(state, im, lb, cfg, r))
     x, batch_labels = draw(images, labels, replica_ids(cfg.replicas_per_device))
     return _gradient(state, params, x.reshape(-1, *x.shape[2:]), batch_labels.reshape(-1))
 
@@ -248,9 +258,13 @@ def _replica_eval_sums(state: TrainState, images, labels, mask, batch_index, bat
     )
     batch_labels, batch_mask = take(labels), take(mask)
     correct = (jnp.argmax(logits, -1) == batch_labels).astype(jnp.float32)
+    # Top-5: the label among the five largest logits (all of them when there are fewer classes).
+    _, top = lax.top_k(logits, min(5, logits.shape[-1]))
+    correct_top5 = jnp.any(top == batch_labels[:, None], axis=-1).astype(jnp.float32)
     return {
         "loss": jnp.sum(_cross_entropy(logits, batch_labels) * batch_mask),
         "correct": jnp.sum(correct * batch_mask),
+        "correct_top5": jnp.sum(correct_top5 * batch_mask),
         "count": jnp.sum(batch_mask),
     }
 

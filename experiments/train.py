@@ -24,6 +24,9 @@ from jax.sharding import PartitionSpec as P
 from experiments import cpu_backend, data, model_factory, optim, placement, steps
 from experiments.checkpoints import CheckpointMismatchError, Checkpoints, CheckpointViewError
 from experiments.errors import ConfigError
+from experiments.input import choice
+from experiments.input.memory import MemoryInput
+from experiments.input.positions import Positions
 from experiments.loop import NonFiniteError, Preemption, Run, run_loop
 from experiments.metrics import MetricsWriter
 from experiments.profiling import StepProfiler
@@ -105,7 +108,8 @@ class Training:
     """Everything a run computes with, before any checkpoint or workdir: see :func:`build`."""
 
     mesh: Mesh
-    dataset: data.Dataset
+    dataset: data.Dataset | None  # the memory path's arrays; None when streaming
+    input: Any  # experiments.input: MemoryInput or StreamInput (what the loop reads)
     state: steps.TrainState
     schedule: Any
     steps_per_epoch: int
@@ -135,21 +139,45 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
     per_replica_batch = config.global_batch_size // num_replicas
     eval_per_replica = max(1, -(-config.eval_batch_size // num_replicas))
     with _config_errors():
-        dataset = data.load(
-            config.dataset,
-            mesh,
-            config.data_dir,
-            config.download,
-            test_pad_multiple=eval_per_replica,
-            replicas_per_device=where.replicas_per_device,
-            cache_dir=config.get("data_cache_dir"),
-        )
-    steps_per_epoch = dataset.train.per_replica // per_replica_batch
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"each replica holds {dataset.train.per_replica} training examples, fewer than its batch of "
-            f"{per_replica_batch}."
-        )
+        streamed = choice.resolve(config) == "stream"
+    if streamed:
+        from experiments.input.stream import StreamInput  # grain: imported only when streaming
+
+        with _config_errors():
+            source = StreamInput(
+                config, mesh, where.replicas_per_device, per_replica_batch, eval_per_replica
+            )
+        dataset, steps_per_epoch = None, source.steps_per_epoch
+        num_classes, image_shape = source.num_classes, source.image_shape
+        if steps_per_epoch == 0:
+            raise ConfigError(
+                f"each process reads {source.train_examples // source.process_count} training examples, "
+                f"fewer than its batch of {source.per_process_batch}."
+            )
+    else:
+        if config.get("augmentation", "pad_crop") != "pad_crop":
+            raise ConfigError(
+                f"augmentation={config.augmentation!r} needs input_pipeline='stream' (the memory path "
+                f"crops and flips on the device at the native size)."
+            )
+        with _config_errors():
+            dataset = data.load(
+                config.dataset,
+                mesh,
+                config.data_dir,
+                config.download,
+                test_pad_multiple=eval_per_replica,
+                replicas_per_device=where.replicas_per_device,
+                cache_dir=config.get("data_cache_dir"),
+            )
+        source = MemoryInput(dataset, eval_per_replica)
+        steps_per_epoch = dataset.train.per_replica // per_replica_batch
+        num_classes, image_shape = dataset.num_classes, dataset.image_shape
+        if steps_per_epoch == 0:
+            raise ConfigError(
+                f"each replica holds {dataset.train.per_replica} training examples, fewer than its batch "
+                f"of {per_replica_batch}."
+            )
     total_steps = (
         config.num_train_steps
         if config.num_train_steps > 0
@@ -158,15 +186,15 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
 
     axis_name = steps.AXIS if config.sync_batch_stats else None
     # config.init_from: a converted checkpoint defines the network and its starting variables.
-    pretrained = model_factory.load_init_from(config, dataset.num_classes, axis_name)
+    pretrained = model_factory.load_init_from(config, num_classes, axis_name)
     if pretrained is not None:
         model = pretrained.model
     else:
-        model = model_factory.build_model(config, dataset.num_classes, axis_name)
+        model = model_factory.build_model(config, num_classes, axis_name)
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
     with _config_errors():
         state = steps.create_train_state(
-            model, optim.make_optimizer(config, schedule), dataset.image_shape, config.seed
+            model, optim.make_optimizer(config, schedule), image_shape, config.seed
         )
     if pretrained is not None:
         state = model_factory.start_from(state, pretrained)
@@ -174,10 +202,12 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
     step_config = dataclasses.replace(
         steps.StepConfig.from_config(config, per_replica_batch, steps_per_epoch),
         replicas_per_device=where.replicas_per_device,
+        streamed=streamed,
     )
     return Training(
         mesh=mesh,
         dataset=dataset,
+        input=source,
         state=state,
         schedule=schedule,
         steps_per_epoch=steps_per_epoch,
@@ -195,6 +225,16 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     state, restored_step, skipped = checkpoints.restore_latest(start_state)
     start_step = int(restored_step or 0)
+    positions = Positions(workdir, jax.process_index())
+    if restored_step is not None and training.step_config.streamed:
+        position = positions.load(restored_step)
+        if position is None:
+            raise ConfigError(
+                f"checkpoint {restored_step} has no streaming input position ({positions.path(restored_step)}): "
+                f"the memory pipeline wrote it, or the file was removed. Resume with "
+                f"--config.input_pipeline=memory, or use a new --workdir."
+            )
+        training.input.restore(position)
     if is_main:
         for message in skipped:
             print(f"warning: {message}", file=sys.stderr)
@@ -209,6 +249,8 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
         config=config,
         is_main=is_main,
         dataset=training.dataset,
+        input=training.input,
+        positions=positions,
         state=state,
         start_step=start_step,
         total_steps=training.total_steps,

@@ -12,9 +12,9 @@ pytestmark = pytest.mark.slow
 def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     results, path = benchmark.run(tiny=True, batches=[2, 4], repeats=2, calls=1, out_dir=tmp_path)
     saved = json.loads(path.read_text())
-    # One line as each of the 7 cases starts and ends, with the time elapsed.
-    progress = [line for line in capsys.readouterr().err.splitlines() if "/7] " in line]
-    assert len(progress) == 14 and progress[-1].split()[1:3] == ["[7/7]", "small-map"], progress
+    # One line as each of the 8 cases starts and ends, with the time elapsed.
+    progress = [line for line in capsys.readouterr().err.splitlines() if "/8] " in line]
+    assert len(progress) == 16 and progress[-1].split()[1:3] == ["[8/8]", "small-map"], progress
     commit = saved["machine"]["commit"][:12]
     kind = saved["machine"]["device_kind"].replace(" ", "_")
     assert path.name == f"{saved['started']}_{kind}_{commit}" + (
@@ -34,6 +34,10 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     assert all(t["flops_per_step"] > 0 for t in saved["throughput"])  # XLA's cost analysis on CPU
     assert saved["throughput"][0]["mfu"] is None  # no peak for a CPU
     assert saved["input_pipeline"]["headroom"] > 0
+    for kind in ("imagenet", "cifar"):
+        stream = saved["stream_input"][kind]
+        assert stream["train_images_per_s_per_core"] > 0 and stream["pipeline_images_per_s"] > 0
+    assert saved["stream_input"]["cifar"]["headroom"] > 0
     assert saved["inference"]["max_abs_output_difference"] < 1e-4
     assert saved["small_map_conv"]["speedup"] > 0
     assert "WS overhead, batch 2" in benchmark.format_table(results)

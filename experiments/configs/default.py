@@ -21,6 +21,22 @@ def get_config() -> ml_collections.ConfigDict:
     # NumPy copy of each split, written on the first TFDS load and read (without TensorFlow) afterwards.
     # None: ~/.cache/wsjax/datasets; "": off. See experiments/data_cache.py.
     config.data_cache_dir = ml_collections.config_dict.placeholder(str)
+    # memory: the training split on the devices, batches drawn there (CIFAR, Fashion-MNIST); stream: each host
+    # reads, decodes and augments its own shard (experiments/input/stream.py; ImageNet); auto: stream when the
+    # decoded training split exceeds experiments/input/choice.py's limit or its images vary in size.
+    config.input_pipeline = "auto"
+    config.eval_split = "test"  # the split evaluated (ImageNet: validation)
+    # pad_crop: crop_padding + horizontal_flip below, at the native size (both pipelines); inception:
+    # random-resized crop to image_size + flip, resize + centre crop for evaluation (stream only).
+    config.augmentation = "pad_crop"
+    config.image_size = 0  # inception's output side (e.g. 224); 0: the native size
+    config.input_workers = (
+        0  # stream: grain worker processes for augmentation (0: in the training process)
+    )
+    config.input_threads = (
+        0  # stream: threads that read and decode records (0: the host's cores, at most 16)
+    )
+    config.prefetch = 2  # stream: batches placed on the devices ahead of the step
     config.crop_padding = 4  # random crop back to size after zero-padding each side by this much
     config.horizontal_flip = True  # random left-right mirror
     config.normalize_mean = (0.5,)  # per channel, or one value for all; applied to x / 255
@@ -55,7 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.optimizer = "adam"  # adam | adamw | sgd (Nesterov)
     config.learning_rate = 2.5e-4
-    config.schedule = "constant"  # constant | cosine (both after warmup_epochs of linear warm-up)
+    config.schedule = (
+        "constant"  # constant | cosine | steps (all after warmup_epochs of linear warm-up)
+    )
     config.warmup_epochs = 0.0
     config.weight_decay = 0.0  # on kernels only
     config.momentum = 0.9  # sgd only

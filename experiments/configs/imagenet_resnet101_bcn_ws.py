@@ -1,0 +1,10 @@
+"""ImageNet, ResNet-101 with BCN + WS, one image per replica: the recipe and commands are in imagenet.py.
+
+python -m experiments.train --config experiments/configs/imagenet_resnet101_bcn_ws.py:DEVICES --workdir DIR
+"""
+
+from experiments.configs import imagenet
+
+
+def get_config(devices=None):
+    return imagenet.recipe("resnet101", "bcn", devices)
