@@ -1,8 +1,8 @@
 """The paper's ImageNet recipe (the official pytorch-classification one), shared by the imagenet_*.py configs.
 
-ResNet-50/101 or ResNeXt-50 (32x4d) with weight-standardized convolutions (the paper's form, ``qiao``) and
-GN or BCN (32 groups); SGD with momentum 0.9, learning rate 0.1 x global batch / 256, weight decay 1e-4
-(kernels), 90 epochs, the rate x0.1 at epochs 30 and 60; Inception-style random-resized crops of 224 + flip
+ResNet-50/101 or ResNeXt-50 (32x4d) with weight-standardized convolutions (each official code's convention:
+``qiao`` with GN, ``pytorch`` with BCN) and GN or BCN (32 groups); SGD with momentum 0.9, learning rate
+0.1 x global batch / 256, weight decay 1e-4 (kernels), 90 epochs, the rate x0.1 at epochs 30 and 60; Inception-style random-resized crops of 224 + flip
 for training, resize to 256 + centre crop 224 for evaluation, on the whole validation split (50,000 images,
 top-1 and top-5). One image per replica: the global batch of 256 is 256 replicas of one image, each with its
 own batch statistics (the micro-batch setting), ``replicas_per_device = 256 / devices`` of them vmapped on each
@@ -16,7 +16,8 @@ Data:  streamed from TFDS ``imagenet2012`` prepared as array_record in DATA_DIR 
        ImageNet cannot be downloaded: place ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from
        image-net.org, after registering) in DATA_DIR/downloads/manual/; the first run prepares them once
        (hours). A missing file stops the run with a message naming it and that folder.
-Time:  90 x 5,004 = 450,360 steps of 256 images.
+Time:  90 x 5,004 = 450,360 steps of 256 images. (The BCN+WS ResNet-101 checkpoint was trained for 100 epochs,
+       x0.1 at 30, 60 and 90: --config.num_epochs=100 '--config.decay_epochs=(30,60,90)'.)
 """
 
 import ml_collections
@@ -48,7 +49,9 @@ def recipe(model: str, norm: str, devices: str | None = None) -> ml_collections.
 
     config.model = model
     config.conv = "ws"
-    config.ws_preset = "qiao"  # the paper's official code: (w - mean) / (std + 1e-5)
+    # As the official code of each: pytorch-classification's GN+WS (w - mean) / (std + 1e-5), "qiao";
+    # Batch-Channel-Normalization's imagenet/ BCN+WS (w - mean) / sqrt(var + 1e-5), "pytorch".
+    config.ws_preset = "qiao" if norm == "gn" else "pytorch"
     config.norm = norm
     config.num_groups = 32
     config.sync_batch_stats = False  # every replica its own statistics
