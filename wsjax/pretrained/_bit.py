@@ -18,7 +18,7 @@ Flax paths to its own names and layouts.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wsjax.models._resnetv2 import ResNetV2
-from wsjax.pretrained._weights import WeightReader, WeightsMismatchError
+from wsjax.pretrained._weights import RenamedView, WeightReader, WeightsMismatchError
 
 # take(flax path, flax shape) -> array in Flax layout
 Take = Callable[[tuple[str, ...], tuple[int, ...]], np.ndarray]
@@ -147,30 +147,6 @@ def _bit_name(path: tuple[str, ...]) -> str:
     return f"{prefix}/{_LAYER[layer]}/{kind}/{leaf}"
 
 
-class _Renamed(Mapping):
-    """A lazy view of a checkpoint under other names (``np.load`` reads each array when asked)."""
-
-    def __init__(self, weights: Mapping[str, Any], rename: Callable[[str], str]) -> None:
-        self._weights = weights
-        self._keys: dict[str, str] = {}
-        for key in weights.keys():
-            new = rename(key)
-            if new in self._keys:
-                raise WeightsMismatchError(
-                    f"{SOURCE} weights have both {self._keys[new]!r} and {key!r} for {new!r}."
-                )
-            self._keys[new] = key
-
-    def __getitem__(self, name: str) -> Any:
-        return self._weights[self._keys[name]]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
 def bit_architecture(
     reader: WeightReader, weights: Mapping[str, Any]
 ) -> tuple[tuple[int, ...], int, int]:
@@ -235,8 +211,10 @@ def from_bit(
         raise TypeError(
             f"{SOURCE} weights must be a mapping of names to arrays, got {type(weights).__name__}."
         )
-    normalized = _Renamed(
-        weights, lambda k: re.sub(r"/standardized_conv2d_\d+/", "/standardized_conv2d/", k)
+    normalized = RenamedView(
+        weights,
+        lambda k: re.sub(r"/standardized_conv2d_\d+/", "/standardized_conv2d/", k),
+        SOURCE,
     )
     reader = WeightReader(normalized, SOURCE)
     stage_sizes, root, in_channels = bit_architecture(reader, normalized)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -41,7 +41,7 @@ from wsjax.models._imagenet_resnet import (
     ResNeXt50_32x4d,
     ResNeXt101_32x4d,
 )
-from wsjax.pretrained._weights import WeightReader, WeightsMismatchError
+from wsjax.pretrained._weights import RenamedView, WeightReader, WeightsMismatchError
 
 ARCHS = {
     "resnet50": ResNet50,
@@ -58,23 +58,6 @@ _LEAVES = {
     "mean": "running_mean",
     "var": "running_var",
 }
-
-
-class _StrippedNames(Mapping):
-    """A read-only view of a state dict with the ``module.`` prefix (``DataParallel``'s) taken off names."""
-
-    def __init__(self, weights: Mapping[str, Any]) -> None:
-        self._weights = weights
-        self._keys = {k.removeprefix("module."): k for k in weights.keys()}
-
-    def __getitem__(self, name: str) -> Any:
-        return self._weights[self._keys[name]]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
 
 def torch_name(path: tuple[str, ...]) -> str:
@@ -168,7 +151,11 @@ def from_official(
     if "state_dict" in weights and isinstance(weights["state_dict"], Mapping):
         weights = weights["state_dict"]
     source = f"official {arch}"
-    reader = WeightReader(_StrippedNames(weights), source, ignore=("num_batches_tracked",))
+    reader = WeightReader(
+        RenamedView(weights, lambda k: k.removeprefix("module."), source),
+        source,
+        ignore=("num_batches_tracked",),
+    )
     conv, norm = _norm_of(reader, source)
     head_classes = np.shape(reader.take("fc.bias"))[0] if "fc.bias" in reader else None
     model = ARCHS[arch](num_classes=num_classes or head_classes or 1000, conv=conv, norm=norm)

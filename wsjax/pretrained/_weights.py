@@ -8,7 +8,7 @@ as a broadcasting error deep inside ``apply`` or as silently ignored weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,3 +78,29 @@ class WeightReader:
                 f"{self._source} weights have {len(unused)} name(s) the architecture does not use, "
                 f"first {unused[0]!r}: wrong architecture, or not a {self._source} checkpoint."
             )
+
+
+class RenamedView(Mapping):
+    """A lazy view of a checkpoint under other names (``np.load`` reads each array when asked)."""
+
+    def __init__(
+        self, weights: Mapping[str, Any], rename: Callable[[str], str], source: str
+    ) -> None:
+        self._weights = weights
+        self._keys: dict[str, str] = {}
+        for key in weights.keys():
+            new = rename(key)
+            if new in self._keys:
+                raise WeightsMismatchError(
+                    f"{source} weights have both {self._keys[new]!r} and {key!r} for {new!r}."
+                )
+            self._keys[new] = key
+
+    def __getitem__(self, name: str) -> Any:
+        return self._weights[self._keys[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
