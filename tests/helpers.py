@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -125,3 +126,10 @@ def logged_metrics(workdir: pathlib.Path, keys=("loss", "accuracy")) -> list[tup
 
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     return [tuple([r["step"], r["split"], *(r[k] for k in keys)]) for r in map(json.loads, lines)]
+
+
+def free_port() -> int:
+    """A free localhost port for a ``jax.distributed`` coordinator."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -19,7 +18,15 @@ import numpy as np
 import pytest
 
 from experiments.checkpoints import Checkpoints
-from tests.helpers import REPO, TRAIN, checkpoint_steps, cli_env, read_checkpoint, wait_for
+from tests.helpers import (
+    REPO,
+    TRAIN,
+    checkpoint_steps,
+    cli_env,
+    free_port,
+    read_checkpoint,
+    wait_for,
+)
 from tests.multihost_checkpoint_worker import SCENARIOS, state
 
 TIMEOUT = (
@@ -44,15 +51,9 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(command: list[str], processes: int = 2) -> list[subprocess.Popen]:
     """``command`` + the coordinator's flags, once per process, each with one CPU device."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     return [
         subprocess.Popen(
             [*command, f"--coordinator_address={address}", f"--num_processes={processes}"]
@@ -164,7 +165,7 @@ def test_processes_agree_on_the_step_to_resume_from(tmp_path):
     _truncate(tmp_path / "damaged" / "checkpoints" / "3")
 
     command = [sys.executable, "-m", "tests.multihost_checkpoint_worker"]
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     workers = [
         subprocess.Popen(
             [*command, address, "2", str(i), str(tmp_path)],

@@ -1,13 +1,12 @@
 """Two processes x 2 CPU devices (jax.distributed over localhost) end where one process x 4 devices does."""
 
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, cli_env, read_checkpoint
+from tests.helpers import REPO, cli_env, free_port, read_checkpoint
 
 ARGS = [
     "--config=experiments/configs/default.py",
@@ -21,12 +20,6 @@ ARGS = [
     "--config.learning_rate=0.001",
     "--config.progress_bar=False",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _params(workdir) -> dict:
@@ -56,7 +49,7 @@ def test_two_processes_equal_one_process(tmp_path):
     )
     assert single.returncode == 0, single.stderr[-3000:]
 
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     workers = [
         subprocess.Popen(
             [

@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("grain", reason="the streaming pipeline needs grain (Python >= 3.11)")
 
-from tests.helpers import REPO, cli_env
-from tests.test_multiprocess import ARGS, _free_port
+from tests.helpers import REPO, cli_env, free_port
+from tests.test_multiprocess import ARGS
 
 
 @pytest.mark.slow
 def test_two_processes_stream_their_own_shards(tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     workers = [
         subprocess.Popen(
             [
