@@ -22,7 +22,11 @@ default on a CPU) and never starts JAX itself: it asks a short-lived child for t
 VM the chips are free for the cells, and on a GPU the parent holds no memory. ``--in_process`` runs every cell
 in this process instead (no process start-up per cell, and one persistent compilation cache that the cells of
 later seeds reuse), for accelerators where a cell takes seconds. An interrupted sweep resumes where it
-stopped: finished cells are skipped and an interrupted cell resumes from its last checkpoint. A failed cell
+stopped: finished cells are skipped and an interrupted cell resumes from its last checkpoint. Several workers
+share a sweep: run the same command in several processes (two on a 2-core CPU gave 1.2x the cells per hour of
+one, as a small cell does not keep both cores busy; or one per GPU with ``CUDA_VISIBLE_DEVICES``; or on hosts
+that share the folder with working ``flock``). Each claims a cell with a lock on ``CELL/.claim`` while it trains
+it, and leaves the cells others hold. A failed cell
 (e.g. a diverged run) is reported and skipped; three failures in a row stop the sweep. ``run`` commits
 nothing.
 """
@@ -36,6 +40,8 @@ import pathlib
 import subprocess
 import sys
 from collections.abc import Sequence
+
+from experiments.filelock import try_lock
 
 # name -> (conv, norm) config values.
 NORMALIZATIONS = {
@@ -214,6 +220,15 @@ class _InProcess:
         return None
 
 
+def _train_cell(cell: Cell, workdir: pathlib.Path, flags: list[str], runner) -> str | None:
+    """Trains one cell in ``runner`` (``_InProcess``) or else a subprocess; returns why it failed, or None."""
+    if runner:
+        return runner(workdir, flags)
+    log = workdir.parent / "logs" / f"{cell.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return _run_subprocess(workdir, flags, log)
+
+
 def run(
     sweep_dir: str | pathlib.Path,
     seeds: Sequence[int],
@@ -247,23 +262,33 @@ def run(
     todo = [c for c in cells if not is_finished(sweep_dir / c.name)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished", file=sys.stderr)
     failed: list[str] = []
+    elsewhere: list[str] = []  # cells another worker of this sweep is training
     streak = 0  # consecutive failures: a broken setup fails every cell, a diverged run only its own
     for cell in (bar := tqdm(todo, desc="cells", unit="cell")):
         bar.set_postfix_str(cell.name)
-        flags = [*cell.overrides(global_batch, devices), *extra]
         workdir = sweep_dir / cell.name
-        if runner:
-            why = runner(workdir, flags)
-        else:
-            log = sweep_dir / "logs" / f"{cell.name}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            why = _run_subprocess(workdir, flags, log)
+        workdir.mkdir(exist_ok=True)
+        claim, _ = try_lock(workdir / ".claim")  # held while this worker trains the cell
+        if claim is None:
+            elsewhere.append(cell.name)
+            continue
+        with claim:
+            if is_finished(workdir):  # another worker finished it after this one listed the cells
+                continue
+            why = _train_cell(
+                cell, workdir, [*cell.overrides(global_batch, devices), *extra], runner
+            )
         streak = streak + 1 if why else 0
         if why:
             print(f"\ncell {cell.name} failed ({why})", file=sys.stderr)
             failed.append(cell.name)
         if streak == MAX_CONSECUTIVE_FAILURES:
             raise RuntimeError(f"the last {streak} cells all failed ({why}); stopped")
+    if elsewhere:
+        print(
+            f"{len(elsewhere)} cell(s) left to other workers: {', '.join(elsewhere)}",
+            file=sys.stderr,
+        )
     if failed:
         raise RuntimeError(
             f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pathlib
 
@@ -10,6 +9,7 @@ import jax
 import numpy as np
 
 from experiments.errors import ConfigError
+from experiments.filelock import try_lock
 
 
 class WorkdirBusyError(RuntimeError):
@@ -63,22 +63,9 @@ class WorkdirLock:
 
     def _acquire(self) -> str | None:
         """Takes the lock: None if it got it, else who holds it (as the lock file says)."""
-        self._file = self.path.open("a+")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
-            self._file.close()
-            self._file = None
-            return holder
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"pid {os.getpid()}")
-        self._file.flush()
-        return None
+        self._file, holder = try_lock(self.path)
+        return holder
 
     def __exit__(self, *exc):
         if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
+            self._file.close()  # closing releases the flock

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import microbatch, microbatch_report, steps
+from experiments.filelock import try_lock
 from tests.helpers import REPO
 from wsjax.models import VGG, norm_layer
 
@@ -124,6 +125,11 @@ def test_design_check_names_the_fix():
     microbatch.check_flags(["--config.num_epochs=2"])
 
 
+def finish(workdir):  # what a finished cell leaves: its final accuracy in run_info.json
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "run_info.json").write_text(json.dumps({"final_test_accuracy": 0.9}))
+
+
 def test_a_failed_cell_does_not_stop_the_sweep_but_a_broken_setup_does(tmp_path, monkeypatch):
     trained = []
 
@@ -131,8 +137,7 @@ def test_a_failed_cell_does_not_stop_the_sweep_but_a_broken_setup_does(tmp_path,
         trained.append(workdir.name)
         if workdir.name in failing:
             return "exit 1"
-        workdir.mkdir(parents=True)
-        (workdir / "run_info.json").write_text(json.dumps({"final_test_accuracy": 0.9}))
+        finish(workdir)
         return None
 
     monkeypatch.setattr(microbatch, "_run_subprocess", fake_cell)
@@ -149,6 +154,33 @@ def test_a_failed_cell_does_not_stop_the_sweep_but_a_broken_setup_does(tmp_path,
         "bn_b1_s1",
         "bn_b2_s1",
     ]  # finished cells skipped; stopped at 3 in a row
+
+
+def test_workers_share_a_sweep_through_each_cells_claim(tmp_path, monkeypatch, capsys):
+    sweep = tmp_path / "sweep"
+    trained = []
+
+    def fake_cell(workdir, flags, log):
+        trained.append(workdir.name)
+        if (
+            workdir.name == "bn_b1_s0"
+        ):  # meanwhile another worker finishes b4, which this one has listed
+            finish(sweep / "bn_b4_s0")
+        finish(workdir)
+
+    monkeypatch.setattr(microbatch, "_run_subprocess", fake_cell)
+    (sweep / "bn_b2_s0").mkdir(parents=True)
+    other_worker, _ = try_lock(sweep / "bn_b2_s0" / ".claim")  # another worker is training b2
+    assert other_worker is not None
+    microbatch.run(sweep, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1)
+    assert trained == ["bn_b1_s0"]  # b2 is the other worker's; b4 it finished
+    assert "1 cell(s) left to other workers: bn_b2_s0" in capsys.readouterr().err
+    assert "pid" in (sweep / "bn_b2_s0" / ".claim").read_text()  # who holds it, for a reader
+
+    other_worker.close()  # that worker died before finishing b2: the next run trains it
+    trained.clear()
+    microbatch.run(sweep, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1)
+    assert trained == ["bn_b2_s0"]
 
 
 # Runs the driver's parent as ``python -m experiments.microbatch`` would, then checks it never imported JAX
