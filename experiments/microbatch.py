@@ -23,8 +23,8 @@ VM the chips are free for the cells, and on a GPU the parent holds no memory. ``
 in this process instead (no process start-up per cell, and one persistent compilation cache that the cells of
 later seeds reuse), for accelerators where a cell takes seconds. An interrupted sweep resumes where it
 stopped: finished cells are skipped and an interrupted cell resumes from its last checkpoint. Several workers
-share a sweep: run the same command in several processes (two on a 2-core CPU gave 1.2x the cells per hour of
-one, as a small cell does not keep both cores busy; or one per GPU with ``CUDA_VISIBLE_DEVICES``; or on hosts
+share a sweep: run the same command in several processes (two on a 2-core CPU train 1.2x the steps per second
+of one, as a small cell does not keep both cores busy (README); or one per GPU with ``CUDA_VISIBLE_DEVICES``; or on hosts
 that share the folder with working ``flock``). Each claims a cell with a lock on ``CELL/.claim`` while it trains
 it, and leaves the cells others hold. A failed cell
 (e.g. a diverged run) is reported and skipped; three failures in a row stop the sweep. ``run`` commits
