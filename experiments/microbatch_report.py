@@ -171,6 +171,9 @@ def design_check(cells: list[dict]) -> str:
         c["commit"][:12] + ("-dirty" if c["commit"].endswith("-dirty") else "") for c in cells
     }
     lines.append(f"- commit(s): {', '.join(sorted(commits))}")
+    dirty = sorted(c["name"] for c in cells if c["commit"].endswith("-dirty"))
+    if dirty:  # their code is not in git as it ran: rerun them for a result from committed code
+        lines.append(f"- run from uncommitted changes (rerun to confirm): {', '.join(dirty)}")
     return "\n".join(lines)
 
 

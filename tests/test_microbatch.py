@@ -183,6 +183,27 @@ def test_workers_share_a_sweep_through_each_cells_claim(tmp_path, monkeypatch, c
     assert trained == ["bn_b2_s0"]
 
 
+def test_design_check_names_cells_run_from_uncommitted_code():
+    shared = dict(
+        global_batch=32, steps=9, data_order="example", model="m", dataset="d", optimizer="o"
+    )
+    cells = [
+        {**shared, "name": "bn_b1_s0", "per_device_batch": 1, "replicas": 32, "commit": "a" * 40},
+        {
+            **shared,
+            "name": "bn_b32_s0",
+            "per_device_batch": 32,
+            "replicas": 1,
+            "commit": "b" * 40 + "-dirty",
+        },
+    ]
+    text = microbatch_report.design_check(cells)
+    assert "DIFFERS" not in text and "bbbbbbbbbbbb-dirty" in text
+    assert "- run from uncommitted changes (rerun to confirm): bn_b32_s0" in text
+    cells[1]["commit"] = "b" * 40
+    assert "uncommitted" not in microbatch_report.design_check(cells)
+
+
 # Runs the driver's parent as ``python -m experiments.microbatch`` would, then checks it never imported JAX
 # (on a TPU VM its children could not open the chips; on a GPU it would hold memory).
 PARENT = """
