@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -133,3 +134,57 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_processes(
+    command_of: Callable[[str, int], list[str]], processes: int = 2, devices: int = 1
+) -> list[subprocess.Popen]:
+    """Starts ``command_of(coordinator_address, process_id)`` once per process over a fresh localhost port.
+
+    Each process gets ``devices`` CPU devices and piped, text stdout and stderr (``finish_processes`` reads them).
+    """
+    address = f"127.0.0.1:{free_port()}"
+    return [
+        subprocess.Popen(
+            command_of(address, i),
+            cwd=REPO,
+            env=cli_env(devices),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+
+
+def start_trainers(args: list[str], processes: int = 2, devices: int = 1) -> list[subprocess.Popen]:
+    """``python -m experiments.train ARGS`` as ``processes`` processes of one ``jax.distributed`` run."""
+    return start_processes(
+        lambda address, i: [
+            *TRAIN,
+            *args,
+            f"--coordinator_address={address}",
+            f"--num_processes={processes}",
+            f"--process_id={i}",
+        ],
+        processes,
+        devices,
+    )
+
+
+def finish_processes(
+    workers: list[subprocess.Popen], timeout: float = 300
+) -> list[tuple[int, str, str]]:
+    """Each process's (exit code, stdout, stderr); past ``timeout`` (all together) kills them all and fails.
+
+    One process left waiting in a collective that the others never enter is a hang: the failure shows what
+    each process printed instead of stalling CI.
+    """
+    try:
+        outputs = [w.communicate(timeout=timeout) for w in workers]
+    except subprocess.TimeoutExpired:
+        for w in workers:
+            w.kill()
+        tails = [w.communicate()[1][-2000:] for w in workers]
+        pytest.fail(f"a process did not finish within {timeout} s (a hang?); stderr tails: {tails}")
+    return [(w.returncode, out, err) for w, (out, err) in zip(workers, outputs, strict=True)]

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import jax
@@ -19,12 +18,11 @@ import pytest
 
 from experiments.checkpoints import Checkpoints
 from tests.helpers import (
-    REPO,
-    TRAIN,
     checkpoint_steps,
-    cli_env,
-    free_port,
+    finish_processes,
     read_checkpoint,
+    start_processes,
+    start_trainers,
     wait_for,
 )
 from tests.multihost_checkpoint_worker import SCENARIOS, state
@@ -51,37 +49,8 @@ ARGS = [
 ]
 
 
-def _start(command: list[str], processes: int = 2) -> list[subprocess.Popen]:
-    """``command`` + the coordinator's flags, once per process, each with one CPU device."""
-    address = f"127.0.0.1:{free_port()}"
-    return [
-        subprocess.Popen(
-            [*command, f"--coordinator_address={address}", f"--num_processes={processes}"]
-            + [f"--process_id={i}"],
-            cwd=REPO,
-            env=cli_env(1),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(processes)
-    ]
-
-
-def _finish(workers: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
-    """Waits for every process (TIMEOUT in all); on a timeout kills them all and fails with their output."""
-    try:
-        outputs = [w.communicate(timeout=TIMEOUT) for w in workers]
-    except subprocess.TimeoutExpired:
-        for w in workers:
-            w.kill()
-        tails = [w.communicate()[1][-2000:] for w in workers]
-        pytest.fail(f"a process did not finish within {TIMEOUT} s (a hang?); stderr tails: {tails}")
-    return [(w.returncode, out, err) for w, (out, err) in zip(workers, outputs, strict=True)]
-
-
 def _train(workdir) -> list[tuple[int, str, str]]:
-    results = _finish(_start([*TRAIN, *ARGS, f"--workdir={workdir}"]))
+    results = finish_processes(start_trainers([*ARGS, f"--workdir={workdir}"]), TIMEOUT)
     for i, (code, _, err) in enumerate(results):
         assert code == 0, f"process {i}: {err[-3000:]}"
     return results
@@ -104,7 +73,7 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path, uninterrupted):
-    workers = _start([*TRAIN, *ARGS, f"--workdir={tmp_path}"])
+    workers = start_trainers([*ARGS, f"--workdir={tmp_path}"])
     # config.json is written by process 0 after the restore, which both processes passed together: both
     # are past jax.distributed.initialize, so the coordination service's SIGTERM handler is in place.
     wait_for(
@@ -113,7 +82,7 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path, uninterrup
         what="set-up",
     )
     workers[1].send_signal(signal.SIGTERM)
-    results = _finish(workers)
+    results = finish_processes(workers, TIMEOUT)
     for i, (code, _, err) in enumerate(results):
         assert code == 0, f"process {i}: {err[-3000:]}"
     saved = checkpoint_steps(tmp_path)[-1]
@@ -165,19 +134,8 @@ def test_processes_agree_on_the_step_to_resume_from(tmp_path):
     _truncate(tmp_path / "damaged" / "checkpoints" / "3")
 
     command = [sys.executable, "-m", "tests.multihost_checkpoint_worker"]
-    address = f"127.0.0.1:{free_port()}"
-    workers = [
-        subprocess.Popen(
-            [*command, address, "2", str(i), str(tmp_path)],
-            cwd=REPO,
-            env=cli_env(1),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    results = _finish(workers)
+    workers = start_processes(lambda address, i: [*command, address, "2", str(i), str(tmp_path)])
+    results = finish_processes(workers, TIMEOUT)
     reports = {}
     for i, (code, out, err) in enumerate(results):
         assert code == 0, f"process {i}: {err[-3000:]}"
@@ -226,7 +184,7 @@ def test_a_busy_workdir_stops_every_process(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("pid 12345")
         held.flush()
-        results = _finish(_start([*TRAIN, *ARGS, f"--workdir={tmp_path}"]))
+        results = finish_processes(start_trainers([*ARGS, f"--workdir={tmp_path}"]), TIMEOUT)
     for i, (code, _, err) in enumerate(results):
         last_line = err.strip().splitlines()[-1]
         assert code == 1 and "is in use by" in last_line, f"process {i}: {err[-3000:]}"

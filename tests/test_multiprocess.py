@@ -1,12 +1,9 @@
 """Two processes x 2 CPU devices (jax.distributed over localhost) end where one process x 4 devices does."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, cli_env, free_port, read_checkpoint
+from tests.helpers import finish_processes, read_checkpoint, run_cli, start_trainers
 
 ARGS = [
     "--config=experiments/configs/default.py",
@@ -38,41 +35,14 @@ def _flatten(tree, prefix=""):
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
-    command = [sys.executable, "-m", "experiments.train"]
-    single = subprocess.run(
-        [*command, *ARGS, f"--workdir={tmp_path / 'one'}"],
-        cwd=REPO,
-        env=cli_env(4),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    single = run_cli([*ARGS, f"--workdir={tmp_path / 'one'}"], devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    address = f"127.0.0.1:{free_port()}"
-    workers = [
-        subprocess.Popen(
-            [
-                *command,
-                *ARGS,
-                f"--workdir={tmp_path / 'two'}",
-                f"--coordinator_address={address}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            cwd=REPO,
-            env=cli_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [w.communicate(timeout=300) for w in workers]
-    for w, (_, err) in zip(workers, outputs, strict=True):
-        assert w.returncode == 0, err[-3000:]
+    results = finish_processes(start_trainers([*ARGS, f"--workdir={tmp_path / 'two'}"], devices=2))
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
     # Only process 0 logs.
-    assert "final test accuracy" in outputs[0][0] and "final test accuracy" not in outputs[1][0]
+    assert "final test accuracy" in results[0][1] and "final test accuracy" not in results[1][1]
 
     one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
     assert one.keys() == two.keys()

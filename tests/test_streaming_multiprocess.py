@@ -2,46 +2,27 @@
 shard, evaluation's collective steps line up, and each saves its own iterator position."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 pytest.importorskip("grain", reason="the streaming pipeline needs grain (Python >= 3.11)")
 
-from tests.helpers import REPO, cli_env, free_port
+from tests.helpers import finish_processes, start_trainers
 from tests.test_multiprocess import ARGS
 
 
 @pytest.mark.slow
 def test_two_processes_stream_their_own_shards(tmp_path):
-    address = f"127.0.0.1:{free_port()}"
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "experiments.train",
-                *ARGS,
-                "--config.input_pipeline=stream",
-                "--config.eval_batch_size=24",  # 512 test examples: a partial last batch per process
-                f"--workdir={tmp_path}",
-                f"--coordinator_address={address}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            cwd=REPO,
-            env=cli_env(1),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
+    args = [
+        *ARGS,
+        "--config.input_pipeline=stream",
+        "--config.eval_batch_size=24",  # 512 test examples: a partial last batch per process
+        f"--workdir={tmp_path}",
     ]
-    outputs = [w.communicate(timeout=300) for w in workers]
-    for w, (_, err) in zip(workers, outputs, strict=True):
-        assert w.returncode == 0, err[-3000:]
-    assert "final test accuracy" in outputs[0][0]
+    results = finish_processes(start_trainers(args))
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert "final test accuracy" in results[0][1]
     for i in range(2):
         state = json.loads((tmp_path / "input_positions" / "3" / f"process_{i}.json").read_text())
         assert (
