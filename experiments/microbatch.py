@@ -39,6 +39,7 @@ import math
 import pathlib
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from experiments.filelock import try_lock
@@ -239,6 +240,7 @@ def run(
     extra: Sequence[str] = (),
     in_process: bool = False,
     devices: int = 0,
+    time_limit_s: float | None = None,
 ) -> None:
     """Trains every unfinished cell of the grid in ``sweep_dir/<cell name>/`` (see ``grid`` for the args).
 
@@ -247,9 +249,13 @@ def run(
       extra: further ``--config.FIELD=VALUE`` flags for every cell.
       in_process: train in this process (starts JAX here) instead of one subprocess per cell.
       devices: the device count if known (0: ask a child process, or JAX itself when ``in_process``).
+      time_limit_s: start no cell expected to end more than this many seconds after the sweep started, a cell
+        being expected to take as long as the longest this run has trained (None: no limit). A sitting that
+        must end by a given time stops between cells instead of in one.
     """
     from tqdm.auto import tqdm
 
+    started = time.monotonic()
     global_batch = global_batch or default_global_batch()
     sweep_dir = pathlib.Path(sweep_dir)
     cells = grid(normalizations, batches, seeds, batch_free_batches)
@@ -264,7 +270,15 @@ def run(
     failed: list[str] = []
     elsewhere: list[str] = []  # cells another worker of this sweep is training
     streak = 0  # consecutive failures: a broken setup fails every cell, a diverged run only its own
-    for cell in (bar := tqdm(todo, desc="cells", unit="cell")):
+    longest = 0.0  # seconds of the longest cell trained so far: the next one's expected time
+    for index, cell in enumerate(bar := tqdm(todo, desc="cells", unit="cell")):
+        if time_limit_s is not None and time.monotonic() - started + longest > time_limit_s:
+            print(
+                f"\nstopped for time: {len(todo) - index} cell(s) not started (a cell takes up to "
+                f"{longest:.0f} s; the limit is {time_limit_s:.0f} s); rerun to go on",
+                file=sys.stderr,
+            )
+            break
         bar.set_postfix_str(cell.name)
         workdir = sweep_dir / cell.name
         workdir.mkdir(exist_ok=True)
@@ -275,9 +289,11 @@ def run(
         with claim:
             if is_finished(workdir):  # another worker finished it after this one listed the cells
                 continue
+            cell_started = time.monotonic()
             why = _train_cell(
                 cell, workdir, [*cell.overrides(global_batch, devices), *extra], runner
             )
+            longest = max(longest, time.monotonic() - cell_started)
         streak = streak + 1 if why else 0
         if why:
             print(f"\ncell {cell.name} failed ({why})", file=sys.stderr)
@@ -325,6 +341,7 @@ def main(argv: list[str]) -> None:
             FLAGS.extra,
             FLAGS.in_process,
             FLAGS.devices,
+            FLAGS.time_limit_s or None,
         )
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -357,5 +374,10 @@ if __name__ == "__main__":
         "in_process", False, "Train every cell in this process (accelerators: many short runs)."
     )
     flags.DEFINE_integer("devices", 0, "Device count if known (0: ask a child process).")
+    flags.DEFINE_float(
+        "time_limit_s",
+        0,
+        "Start no cell expected to end later than this many seconds from now (0: no limit).",
+    )
     flags.DEFINE_string("out", "results/microbatch2", "Report folder.")
     app.run(main)

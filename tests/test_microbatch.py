@@ -183,6 +183,22 @@ def test_workers_share_a_sweep_through_each_cells_claim(tmp_path, monkeypatch, c
     assert trained == ["bn_b2_s0"]
 
 
+def test_a_time_limit_starts_no_cell_expected_to_overrun(tmp_path, monkeypatch, capsys):
+    now = [100.0]  # a fake clock: each cell "takes" 10 s
+    trained = []
+
+    def fake_cell(workdir, flags, log):
+        trained.append(workdir.name)
+        now[0] += 10
+        finish(workdir)
+
+    monkeypatch.setattr(microbatch, "_run_subprocess", fake_cell)
+    monkeypatch.setattr(microbatch.time, "monotonic", lambda: now[0])
+    microbatch.run(tmp_path, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1, time_limit_s=25)
+    assert trained == ["bn_b1_s0", "bn_b2_s0"]  # a third would end at 30 s
+    assert "stopped for time: 1 cell(s) not started" in capsys.readouterr().err
+
+
 def test_design_check_names_cells_run_from_uncommitted_code():
     shared = dict(
         global_batch=32, steps=9, data_order="example", model="m", dataset="d", optimizer="o"
