@@ -3,6 +3,7 @@
     bash experiments/device_suite.sh                    # on the GPU machine (installs .device/wheels first)
     python -m experiments.device_suite --tiny           # the same script at tiny sizes: seconds, any CPU
     python -m experiments.device_suite --parts=bench,tta
+    bash experiments/device_suite.sh --parts=study --deadline_s=540   # issue 12's study: a call of its own
 
 Each part (``experiments/accel/``) runs in its own process, one after the other, with its own time budget,
 cut to what is left before the suite's deadline: a part that fails or overruns is recorded as such and the
@@ -11,8 +12,8 @@ finished. The suite never touches the card's settings and applies no XLA:CPU fla
 
 What comes back (``--out``, default ``$OUT``): ``results.json`` (every figure, each part's status, the
 machine), ``table.md`` (the table printed last), ``suite.log`` (every part's output), and ``files.tar.gz``
-(the training step's profiler trace, its compiled HLO, the tests' JUnit XML): four files, as the device
-tool returns at most eight and no deeper than two folders.
+(the training step's profiler trace, its compiled HLO, the tests' JUnit XML, the study's cell records): four
+files, as the device tool returns at most eight and no deeper than two folders.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ PARTS = {
     "micro": ("experiments.accel.micro_speed", 35),
     # Last: it gets what the others leave (they rarely use their whole budgets); skips without torch/timm.
     "pretrained": ("experiments.accel.pretrained_check", 75),
+    # Not in the default call: a call of its own (--parts=study --deadline_s=540), for the issue-12 study.
+    "study": ("experiments.accel.microbatch_study", 520),
 }
+DEFAULT_PARTS = [name for name in PARTS if name != "study"]
+STUDY_RECORDS = ("config.json", "metrics.jsonl", "run_info.json")  # per cell; not its checkpoints
 DEADLINE_S = 480  # from the suite's start; the wheels' install and Python's start-up come before
 TINY_BUDGET_S = 120  # at least this per part in tiny mode (on a loaded 2-core CPU)
 TINY_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -161,7 +166,11 @@ def _pack(out: pathlib.Path, work: pathlib.Path, results: dict, table: str) -> N
     members = [
         p
         for p in sorted(work.rglob("*"))
-        if p.is_file() and p.parts[len(work.parts)] in ("profile", "tests")
+        if p.is_file()
+        and (
+            p.parts[len(work.parts)] in ("profile", "tests")
+            or (p.parts[len(work.parts)] == "study" and p.name in STUDY_RECORDS)
+        )
     ]
     for drop_traces in (False, True):
         with tarfile.open(out / "files.tar.gz", "w:gz") as tar:
@@ -226,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="results folder (default: $OUT, else a new temp dir)"
     )
     parser.add_argument(
-        "--parts", default=",".join(PARTS), help=f"comma-separated, from {list(PARTS)}"
+        "--parts",
+        default=",".join(DEFAULT_PARTS),
+        help=f"comma-separated, from {list(PARTS)} (default: all but 'study')",
     )
     parser.add_argument(
         "--deadline_s", type=float, default=DEADLINE_S, help="the whole suite's limit"

@@ -65,7 +65,7 @@ def test_tiny_mode_runs_every_part(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["suite"]["tiny"] is True
-    assert list(results["parts"]) == list(device_suite.PARTS)
+    assert list(results["parts"]) == device_suite.DEFAULT_PARTS
     assert all(p["status"] == "ok" for p in results["parts"].values())
     bench = results["parts"]["bench"]["results"]
     assert {"precision_probe", "bf16_curve", "ws_overhead_bf16", "float32_steps"} <= set(bench)
@@ -78,6 +78,40 @@ def test_tiny_mode_runs_every_part(tmp_path):
     assert any(n.endswith(".xplane.pb") for n in names)
     table = (tmp_path / "table.md").read_text()
     assert "missing" not in table and done.stdout.rstrip().endswith(table.rstrip())
+
+
+@pytest.mark.slow
+def test_tiny_study_part_brings_back_each_cells_records(tmp_path):
+    """The `study` part (a call of its own): its cells' records come back, and the report reads them."""
+    from experiments import microbatch_report
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.device_suite",
+            "--tiny",
+            "--parts=study",
+            f"--out={tmp_path}",
+        ],
+        cwd=REPO,
+        env=fake_cpu_env(1),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [c["name"] for c in results["parts"]["study"]["results"]["cells"]] == [
+        "bn_b1_s0", "bn_b32_s0", "gn_ws_b1_s0", "gn_ws_b32_s0"
+    ]  # fmt: skip
+    with tarfile.open(tmp_path / "files.tar.gz") as tar:
+        names = tar.getnames()
+        assert not any("checkpoints" in n or "compile_cache" in n for n in names), names
+        tar.extractall(tmp_path / "back", filter="data")
+    cells = microbatch_report.collect(tmp_path / "back" / "study" / "runs")
+    assert len(cells) == 4 and {c["steps"] for c in cells} == {4}
+    assert "4 cells finished (seeds 0)" in (tmp_path / "table.md").read_text()
 
 
 @pytest.mark.slow
@@ -146,7 +180,10 @@ def test_table_rows_for_gpu_results():
                                      "num_epochs": 2}, "curve": curve, "target": 0.93, "time_to_target_s": 4.0,
                           "final_test_accuracy": 0.935, "images_per_s": 30000.0, "compile_s": 20.0}]},
         "micro": {"study_model": [{"normalization": "BCN+WS", "model": "vgg_small", "steps_per_s": 500.0}],
+                  "study_cells": [{"images_per_replica": 1, "replicas": 32, "steps": 5625, "steps_per_s": 250.0,
+                                   "cell_train_s": 22.5}],
                   "vgg16_ws_bcn_32x32": {"steps_per_s": 100.0}},
+        "study": {"cells": [{"seed": s, "wall_time_s": t} for s, t in ((0, 30.0), (0, 50.0), (1, 40.0))]},
         "profile": {"step": {"model": "vgg16", "dtype": "bfloat16", "per_device_batch": 256, "flops": 1e12}},
     }  # fmt: skip
     results = {
@@ -166,3 +203,5 @@ def test_table_rows_for_gpu_results():
     assert "WS overhead bf16, batch 64 (WSConv / nn.Conv) | 1.010x auto, 1.050x kernel" in table
     assert "4.0 s of training (epoch 2); final 93.50%" in table
     assert "| BCN+WS 500 |" in table and "VGG16 WS+BCN on 32x32x3 | 100 steps/s" in table
+    assert "(BN, 5,625 steps of 32): training time | 1/device 250 steps/s = 22 s |" in table
+    assert "| 3 cells finished (seeds 0, 1), 40 s of training per cell (median);" in table

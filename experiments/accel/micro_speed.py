@@ -2,8 +2,10 @@
 
 For each normalization of the study (``experiments/microbatch.py``), the study's model and optimizer
 (``configs/microbatch.py``: a 6-conv VGG on 28x28x1, Adam) with ``replicas_per_device=8`` and one image per
-replica: training steps per second, and the seconds one study cell (20,000 examples = 2,500 steps) would
-take. Then the paper's own setting, VGG16 WS+BCN on 32x32x3, 8 replicas x 1 image, if time is left.
+replica: training steps per second. After the first, the study's own cells, BN with its global batch as
+32 replicas x 1 image and as 1 x 32: steps per second and the seconds of training one cell takes (its
+``num_epochs`` of Fashion-MNIST's 60,000 images), which size the ``study`` part. Then the paper's own
+setting, VGG16 WS+BCN on 32x32x3, 8 replicas x 1 image, if time is left.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from experiments.accel.context import PartContext
 
 REPLICAS = 8
-CELL_EXAMPLES = 20_000
+TRAIN_EXAMPLES = 60_000  # Fashion-MNIST's training split: the study's epochs
 MIN_SECONDS = 8
 ORDER = [
     "BCN+WS",
@@ -73,6 +75,8 @@ def run(ctx: PartContext) -> None:
             config.update(model="vgg_tiny", num_groups=4)
         rate = steps_per_second(config, (28, 28, 1), repeats, calls)
         ctx.append("study_model", _row(name, config, rate))
+        if name == names[0]:
+            _study_cells(ctx, repeats, calls)
     if ctx.tiny or ctx.time_left() < 3 * MIN_SECONDS:
         return
     config = microbatch_config.get_config()
@@ -89,6 +93,26 @@ def run(ctx: PartContext) -> None:
     )
 
 
+def _study_cells(ctx: PartContext, repeats: int, calls: int) -> None:
+    """BN's cells at the two ends of the study's range, as the sweep trains them: their seconds per cell."""
+    from experiments.configs import microbatch as microbatch_config
+
+    for per_device in (1, 32):
+        if ctx.time_left() < MIN_SECONDS:
+            return
+        config = microbatch_config.get_config()
+        config.update(conv="plain", norm="bn")
+        config.replicas_per_device = config.global_batch_size // per_device
+        if ctx.tiny:
+            config.update(model="vgg_tiny", num_groups=4)
+        rate = steps_per_second(config, (28, 28, 1), repeats, calls)
+        steps = config.num_epochs * TRAIN_EXAMPLES // config.global_batch_size
+        ctx.append(
+            "study_cells",
+            {**_row("BN", config, rate), "steps": steps, "cell_train_s": steps / rate},
+        )
+
+
 def _row(name: str, config, rate: float) -> dict[str, Any]:
     return {
         "normalization": name,
@@ -96,5 +120,4 @@ def _row(name: str, config, rate: float) -> dict[str, Any]:
         "replicas": config.replicas_per_device,
         "images_per_replica": config.global_batch_size // config.replicas_per_device,
         "steps_per_s": rate,
-        "study_cell_s": CELL_EXAMPLES / config.global_batch_size / rate,
     }

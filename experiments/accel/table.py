@@ -143,6 +143,15 @@ def _micro(r: dict) -> list[tuple[str, str, str]]:
     rows = micro.get("study_model", [])
     value = " · ".join(f"{m['normalization']} {m['steps_per_s']:.0f}" for m in rows)
     out = [(f"micro-batch emulation, {rows[0]['model']}, 8 replicas x 1 image: steps/s", value, "")]
+    cells = micro.get("study_cells", [])
+    if cells:
+        value = " · ".join(
+            f"{c['images_per_replica']}/device {c['steps_per_s']:.0f} steps/s = {c['cell_train_s']:.0f} s"
+            for c in cells
+        )
+        batch = cells[0]["images_per_replica"] * cells[0]["replicas"]
+        label = f"study cell (BN, {cells[0]['steps']:,} steps of {batch}): training time"
+        out.append((label, value, ""))
     if "vgg16_ws_bcn_32x32" in micro:
         out.append(
             (
@@ -172,6 +181,20 @@ def _pretrained(r: dict) -> list[tuple[str, str, str]]:
     return [(label, summarize(_part(r, "pretrained")), "<= 1e-4 of the scale")]
 
 
+def _study(r: dict) -> list[tuple[str, str, str]]:
+    cells = _part(r, "study")["cells"]
+    label = "micro-batch study's grid on the device (configs/microbatch.py, one process)"
+    if not cells:
+        return [(label, "no cell finished", "")]
+    seconds = sorted(c["wall_time_s"] for c in cells)
+    seeds = ", ".join(str(s) for s in sorted({c["seed"] for c in cells}))
+    value = (
+        f"{len(cells)} cells finished (seeds {seeds}), {seconds[len(seconds) // 2]:.0f} s of training per cell "
+        "(median); records in files.tar.gz study/runs/"
+    )
+    return [(label, value, "")]
+
+
 ROWS: list[tuple[str, Callable[[dict], list[tuple[str, str, str]]]]] = [
     ("tests", _tests),
     ("bench", _precision),
@@ -182,6 +205,7 @@ ROWS: list[tuple[str, Callable[[dict], list[tuple[str, str, str]]]]] = [
     ("micro", _micro),
     ("profile", _profile),
     ("pretrained", _pretrained),
+    ("study", _study),
 ]
 
 
