@@ -51,11 +51,10 @@ def test_the_suite_process_never_imports_jax():
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.slow
-def test_tiny_mode_runs_every_part(tmp_path):
-    """`--tiny` is the GPU call at tiny sizes on this CPU: a typo in any part fails here, not on the GPU."""
+def _tiny_suite(out, *args: str):
+    """Runs ``python -m experiments.device_suite --tiny ARGS`` on one CPU device; its output and results."""
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.device_suite", "--tiny", f"--out={tmp_path}"],
+        [sys.executable, "-m", "experiments.device_suite", "--tiny", f"--out={out}", *args],
         cwd=REPO,
         env=fake_cpu_env(1),
         capture_output=True,
@@ -63,7 +62,13 @@ def test_tiny_mode_runs_every_part(tmp_path):
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    return done, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_tiny_mode_runs_every_part(tmp_path):
+    """`--tiny` is the GPU call at tiny sizes on this CPU: a typo in any part fails here, not on the GPU."""
+    done, results = _tiny_suite(tmp_path)
     assert results["suite"]["tiny"] is True
     assert list(results["parts"]) == device_suite.DEFAULT_PARTS
     assert all(p["status"] == "ok" for p in results["parts"].values())
@@ -85,23 +90,7 @@ def test_tiny_study_part_brings_back_each_cells_records(tmp_path):
     """The `study` part (a call of its own): its cells' records come back, and the report reads them."""
     from experiments import microbatch_report
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.device_suite",
-            "--tiny",
-            "--parts=study",
-            f"--out={tmp_path}",
-        ],
-        cwd=REPO,
-        env=fake_cpu_env(1),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    _, results = _tiny_suite(tmp_path, "--parts=study")
     assert [c["name"] for c in results["parts"]["study"]["results"]["cells"]] == [
         "bn_b1_s0", "bn_b32_s0", "gn_ws_b1_s0", "gn_ws_b32_s0"
     ]  # fmt: skip
