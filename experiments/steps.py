@@ -15,8 +15,8 @@ when G divides the split's size), so the global batch at every step holds the sa
 augmented alike, however it is split over replicas (the micro-batch study's setting: only the batch
 statistics change).
 
-Gradients are averaged over replicas (a
-mean over the vmapped axis, then ``lax.pmean`` over devices); batch-norm statistics are per replica unless the
+Gradients are averaged over replicas (on a device, the gradient of its replicas' mean loss, in one backward
+pass; then ``lax.pmean`` over devices); batch-norm statistics are per replica unless the
 model was built with ``axis_name=AXIS`` and ``StepConfig.pool_replicas`` is set (``sync_batch_stats``: over the
 global batch); the running averages are averaged after every step so every replica keeps the same.
 """
@@ -163,24 +163,25 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _gradient(state: TrainState, params, x: jax.Array, batch_labels: jax.Array):
-    """Loss, gradient, updated batch statistics and metrics of one batch. No averaging."""
-
-    def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        return jnp.mean(_cross_entropy(logits, batch_labels)), (
-            logits,
-            updates.get("batch_stats", {}),
-        )
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+def _loss(state: TrainState, params, x: jax.Array, batch_labels: jax.Array):
+    """A batch's mean cross-entropy, with (updated batch statistics, metrics) as aux."""
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+    )
+    loss = jnp.mean(_cross_entropy(logits, batch_labels))
     accuracy = jnp.mean((jnp.argmax(logits, -1) == batch_labels).astype(jnp.float32))
-    return grads, batch_stats, {"loss": loss, "accuracy": accuracy}
+    return loss, (updates.get("batch_stats", {}), {"loss": loss, "accuracy": accuracy})
+
+
+def _gradient(state: TrainState, params, x: jax.Array, batch_labels: jax.Array):
+    """Gradient, updated batch statistics and metrics of one batch. No averaging."""
+    (_, (batch_stats, metrics)), grads = jax.value_and_grad(
+        functools.partial(_loss, state), has_aux=True
+    )(params, x, batch_labels)
+    return grads, batch_stats, metrics
 
 
 def _replica_batch(state: TrainState, images, labels, cfg: StepConfig, replica):
@@ -190,12 +191,27 @@ def _replica_batch(state: TrainState, images, labels, cfg: StepConfig, replica):
     return draw_batch(state.rng, state.step, images, labels, cfg, replica)
 
 
-def _replica_gradient(
-    state: TrainState, params, images: jax.Array, labels: jax.Array, replica: jax.Array, cfg
-):
-    """One replica's step up to its gradient: draw its batch, augment, loss, backward. No averaging."""
-    x, batch_labels = _replica_batch(state, images, labels, cfg, replica)
-    return _gradient(state, params, x, batch_labels)
+def _replicas_gradient(state: TrainState, params, images: jax.Array, labels: jax.Array, cfg):
+    """The device's replicas, each on its own batch and statistics: their mean gradient, each one's statistics.
+
+    Each replica draws and augments its batch and normalizes with its own statistics (``jax.vmap`` over the
+    replicas' forward passes, the parameters shared). The gradient is that of the replicas' mean loss,
+    ``(1/r) Σ_i L_i``, which is the mean of their gradients, computed in one backward pass: a per-replica
+    gradient (``vmap`` of ``grad``) would hold r copies of every parameter's gradient and compute each
+    kernel's as r small convolutions. Returns the mean gradient and, per replica (leading axis r), the
+    updated batch statistics and metrics.
+    """
+
+    def mean_loss(params):
+        def one(images, labels, replica):
+            x, batch_labels = _replica_batch(state, images, labels, cfg, replica)
+            return _loss(state, params, x, batch_labels)
+
+        losses, aux = jax.vmap(one)(images, labels, replica_ids(cfg.replicas_per_device))
+        return jnp.mean(losses), aux
+
+    (_, (batch_stats, metrics)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+    return grads, batch_stats, metrics
 
 
 def _pooled_gradient(state: TrainState, params, images: jax.Array, labels: jax.Array, cfg):
@@ -228,15 +244,11 @@ def _per_device_train_step(
         pooled = _pooled_gradient(state, local_params, images, labels, cfg)
         grads, batch_stats, metrics = lax.pmean(pooled, AXIS)
     else:
-        per_replica = jax.vmap(
-            functools.partial(_replica_gradient, cfg=cfg), in_axes=(None, None, 0, 0, 0)
-        )
-        grads, batch_stats, metrics = per_replica(
-            state, local_params, images, labels, replica_ids(cfg.replicas_per_device)
-        )
+        grads, batch_stats, metrics = _replicas_gradient(state, local_params, images, labels, cfg)
+        grads = lax.pmean(grads, AXIS)  # already the mean over this device's replicas
         # Each replica updated its running statistics from its own micro-batch; averaging them keeps one
         # model.
-        grads, batch_stats, metrics = _mean_over_replicas((grads, batch_stats, metrics))
+        batch_stats, metrics = _mean_over_replicas((batch_stats, metrics))
     # optax mixes its int32 step count with floats (Adam's bias correction): allow that promotion here,
     # whatever the caller's (our tests run everything else under 'strict').
     with jax.numpy_dtype_promotion("standard"):
