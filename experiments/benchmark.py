@@ -1,4 +1,4 @@
-"""Benchmarks: WS overhead, training throughput (fp32/bf16, FLOP/s, MFU), input pipeline, inference.
+"""Benchmarks: WS overhead, throughput (fp32/bf16, FLOP/s, MFU), input, inference, micro-batch emulation.
 
     python -m experiments.benchmark                      # VGG16, per-device batch 2 and 64
     python -m experiments.benchmark --tiny               # seconds: checks the harness (CI), not speed
@@ -84,7 +84,7 @@ def run(
         "started": now.strftime("%Y-%m-%d_%H%M%S"),
         "tiny": tiny,
     }
-    case = _Progress(len(batches) + 6 + bool(torch_python))
+    case = _Progress(len(batches) + 7 + bool(torch_python))
     results["ws_overhead"] = [
         case(f"WS overhead, batch {b}", cases.ws_overhead, setup, b) for b in batches
     ]
@@ -113,6 +113,9 @@ def run(
     )
     results["inference"] = case("inference, folded vs WS", cases.inference, setup, large)
     results["small_map_conv"] = case("small-map convolution", cases.small_map_conv, setup, large)
+    results["microbatch_emulation"] = case(
+        "micro-batch emulation", cases.microbatch_emulation, setup
+    )
     if torch_python:
         results["torch_reference"] = case(
             "PyTorch reference", torch_reference, torch_python, batches, setup, results
@@ -226,6 +229,13 @@ def format_table(r: dict) -> str:
         f"| train step, batch {c['per_device_batch']}: lax convs / wsjax.cpu.conv_general_dilated | {c['speedup']:.2f}x "
         f"faster with ours ({_range(c['auto_step_s'])} vs {_range(c['xla_step_s'])}) |"
     )
+    for e in r.get("microbatch_emulation", []):
+        g = e["global_batch"]
+        t = e["step_time_s"]
+        lines.append(
+            f"| micro-batch emulation, {e['model']} {e['normalization']}: {g} replicas x 1 image / 1 x {g} | "
+            f"{e['emulation_cost']:.2f}x ({_range(t['1/device'])} vs {_range(t[f'{g}/device'])}) |"
+        )
     for t in r.get("torch_reference", {}).get("results", []):
         lines.append(
             f"| PyTorch reference (labml-nn, torch {r['torch_reference']['torch']}), batch {t['batch']}: "

@@ -12,9 +12,9 @@ pytestmark = pytest.mark.slow
 def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     results, path = benchmark.run(tiny=True, batches=[2, 4], repeats=2, calls=1, out_dir=tmp_path)
     saved = json.loads(path.read_text())
-    # One line as each of the 8 cases starts and ends, with the time elapsed.
-    progress = [line for line in capsys.readouterr().err.splitlines() if "/8] " in line]
-    assert len(progress) == 16 and progress[-1].split()[1:3] == ["[8/8]", "small-map"], progress
+    # One line as each of the 9 cases starts and ends, with the time elapsed.
+    progress = [line for line in capsys.readouterr().err.splitlines() if "/9] " in line]
+    assert len(progress) == 18 and progress[-1].split()[1:3] == ["[9/9]", "micro-batch"], progress
     commit = saved["machine"]["commit"][:12]
     kind = saved["machine"]["device_kind"].replace(" ", "_")
     assert path.name == f"{saved['started']}_{kind}_{commit}" + (
@@ -40,7 +40,13 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     assert saved["stream_input"]["cifar"]["headroom"] > 0
     assert saved["inference"]["max_abs_output_difference"] < 1e-4
     assert saved["small_map_conv"]["speedup"] > 0
-    assert "WS overhead, batch 2" in benchmark.format_table(results)
+    emulation = saved["microbatch_emulation"]
+    assert [e["normalization"] for e in emulation] == ["BN", "BCN+WS"]
+    for e in emulation:
+        g = e["global_batch"]
+        assert set(e["step_time_s"]) == {"1/device", f"{g}/device"} and e["emulation_cost"] > 0
+    table = benchmark.format_table(results)
+    assert "WS overhead, batch 2" in table and "micro-batch emulation, vgg_tiny BCN+WS" in table
 
 
 def _vgg16_setup():

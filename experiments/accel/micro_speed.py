@@ -30,29 +30,15 @@ def steps_per_second(config, image_shape: tuple[int, int, int], repeats: int, ca
     """Steps/s of ``config``'s train step on one device with its ``replicas_per_device`` replicas."""
     import jax
     import numpy as np
-    from jax.sharding import Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from jax.sharding import Mesh
 
-    from experiments import model_factory, optim, steps
+    from experiments import steps
+    from experiments.bench import cases
     from experiments.bench.timing import stepper, time_calls
 
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
-    per_replica = config.global_batch_size // config.replicas_per_device
-    shard, steps_per_epoch = 4 * per_replica, 4
-    model = model_factory.build_model(config, 10, None)
-    schedule = optim.learning_rate_schedule(config, steps_per_epoch, 10_000)
-    state = steps.create_train_state(
-        model, optim.make_optimizer(config, schedule), image_shape, config.seed
-    )
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    rng = np.random.default_rng(0)
-    sharding = NamedSharding(mesh, P(steps.AXIS))
-    replicas = config.replicas_per_device
-    images = rng.integers(0, 256, (replicas, shard, *image_shape), dtype=np.uint8)
-    labels = rng.integers(0, 10, (replicas, shard)).astype(np.int32)
-    images, labels = jax.device_put(images, sharding), jax.device_put(labels, sharding)
-    cfg = steps.StepConfig.from_config(config, per_replica, steps_per_epoch)
-    run = stepper(steps.make_train_step(mesh, cfg), state, images, labels)
+    setup = cases.Setup(config.model, image_shape, repeats, calls, mesh)
+    run = stepper(*cases.train_step(setup, config, config.global_batch_size))
     return 1.0 / time_calls(run, repeats, calls).median
 
 

@@ -33,8 +33,8 @@ def run(ctx: PartContext) -> None:
     )
     batch = TINY_BATCH if ctx.tiny else GPU_BATCH
     dtype = "float32" if ctx.tiny else "bfloat16"  # (XLA:CPU compiles bfloat16 steps slowly)
-    config = cases._config(setup, conv="ws", norm="bcn", dtype=dtype)
-    step, state, images, labels = cases._train_step(setup, config, batch)
+    config = cases.config_for(setup, conv="ws", norm="bcn", dtype=dtype)
+    step, state, images, labels = cases.train_step(setup, config, batch)
     lowered = step.lower(state, images, labels)
     compiled = lowered.compile()
     folder = ctx.files

@@ -18,6 +18,7 @@ from experiments import model_factory, steps
 from experiments.bench.peaks import device_precision_and_peak
 from experiments.bench.timing import stepper, time_calls, time_interleaved
 from experiments.configs import default
+from experiments.configs import microbatch as study_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,8 @@ class Setup:
     mesh: Mesh
 
 
-def _config(setup: Setup, **overrides: Any) -> ml_collections.ConfigDict:
+def config_for(setup: Setup, **overrides: Any) -> ml_collections.ConfigDict:
+    """``configs/default.py`` with the setup's model and ``overrides`` (any config field)."""
     config = default.get_config()
     config.model = setup.model
     config.num_groups = (
@@ -41,22 +43,29 @@ def _config(setup: Setup, **overrides: Any) -> ml_collections.ConfigDict:
     return config
 
 
-def _train_step(setup: Setup, config: ml_collections.ConfigDict, per_device_batch: int):
-    """A compiled train step with a device-resident synthetic shard that holds 4 batches per device."""
-    devices = setup.mesh.devices.size
+def train_step(setup: Setup, config: ml_collections.ConfigDict, per_device_batch: int):
+    """``(step, state, images, labels)``: the jitted train step and its device-resident synthetic data.
+
+    Each device's ``per_device_batch`` images are split over its ``config.replicas_per_device`` replicas, as
+    training splits them; each replica's shard holds 4 of its batches.
+    """
+    devices, replicas = setup.mesh.devices.size, config.replicas_per_device
+    if per_device_batch % replicas:
+        raise ValueError(
+            f"{per_device_batch} images per device do not split over {replicas} replicas"
+        )
+    per_replica = per_device_batch // replicas
     model = model_factory.build_model(config, 10, None)
     state = steps.create_train_state(model, optax.adam(2.5e-4), setup.image_shape, 0)
     state = jax.device_put(state, NamedSharding(setup.mesh, P()))
-    shard = 4 * per_device_batch
+    shards, shard = devices * replicas, 4 * per_replica
     rng = np.random.default_rng(0)
     sharding = NamedSharding(setup.mesh, P(steps.AXIS))
     images = jax.device_put(
-        rng.integers(0, 256, (devices, shard, *setup.image_shape), dtype=np.uint8), sharding
+        rng.integers(0, 256, (shards, shard, *setup.image_shape), dtype=np.uint8), sharding
     )
-    labels = jax.device_put(rng.integers(0, 10, (devices, shard)).astype(np.int32), sharding)
-    cfg = steps.StepConfig.from_config(
-        config, per_replica_batch=per_device_batch, steps_per_epoch=4
-    )
+    labels = jax.device_put(rng.integers(0, 10, (shards, shard)).astype(np.int32), sharding)
+    cfg = steps.StepConfig.from_config(config, per_replica_batch=per_replica, steps_per_epoch=4)
     return steps.make_train_step(setup.mesh, cfg), state, images, labels
 
 
@@ -70,8 +79,8 @@ class StepCase:
 
 
 def _step_case(setup: Setup, per_device_batch: int, **overrides: Any) -> StepCase:
-    config = _config(setup, **overrides)
-    step, state, images, labels = _train_step(setup, config, per_device_batch)
+    config = config_for(setup, **overrides)
+    step, state, images, labels = train_step(setup, config, per_device_batch)
     flops = _flops(step, state, images, labels)
     return StepCase(config, stepper(step, state, images, labels), flops)
 
@@ -158,8 +167,8 @@ def input_pipeline(setup: Setup, per_device_batch: int, step_images_per_s: float
 
     Draws exactly as the train step does (``steps.draw_batch``: the same indices and augmentation keys).
     """
-    config = _config(setup)
-    _, state, images, labels = _train_step(setup, config, per_device_batch)
+    config = config_for(setup)
+    _, state, images, labels = train_step(setup, config, per_device_batch)
     cfg = steps.StepConfig.from_config(
         config, per_replica_batch=per_device_batch, steps_per_epoch=4
     )
@@ -194,12 +203,12 @@ def input_pipeline(setup: Setup, per_device_batch: int, step_images_per_s: float
 
 def inference(setup: Setup, batch: int) -> dict[str, Any]:
     """Evaluation forward pass: WS model vs the same weights folded into plain convs."""
-    config = _config(setup, conv="ws", norm="bcn")
+    config = config_for(setup, conv="ws", norm="bcn")
     model = model_factory.build_model(config, 10, None)
     x = jax.random.normal(jax.random.key(0), (batch, *setup.image_shape))
     variables = model.init(jax.random.key(1), x[:1], train=False)
     folded = wsjax.fold_weight_standardization(model, variables, x[:1], train=False)
-    plain = model_factory.build_model(_config(setup, conv="plain", norm="bcn"), 10, None)
+    plain = model_factory.build_model(config_for(setup, conv="plain", norm="bcn"), 10, None)
     ws_apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     plain_apply = jax.jit(lambda v, x: plain.apply(v, x, train=False))
     max_diff = float(jnp.max(jnp.abs(ws_apply(variables, x) - plain_apply(folded, x))))
@@ -212,3 +221,42 @@ def inference(setup: Setup, batch: int) -> dict[str, Any]:
         "speedup": ws_t.median / plain_t.median,
         "max_abs_output_difference": max_diff,
     }
+
+
+def microbatch_emulation(setup: Setup) -> list[dict[str, Any]]:
+    """The micro-batch study's step on one device: its global batch G as G replicas of one image (b = 1,
+    each with its own batch statistics) against one replica of G (b = G), timed in turns.
+
+    The study's model, groups and G come from ``configs/microbatch.py`` (``vgg_tiny`` when the setup's model
+    is, for ``--tiny``). The ratio is what emulating G devices costs over ordinary training at the same batch.
+    """
+    study = study_config.get_config()
+    tiny = setup.model == "vgg_tiny"
+    setup = dataclasses.replace(
+        setup, model="vgg_tiny" if tiny else study.model, image_shape=(28, 28, 1)
+    )
+    g = study.global_batch_size
+    rows = []
+    for name, conv, norm in (("BN", "plain", "bn"), ("BCN+WS", "ws", "bcn")):
+        runs = {}
+        for b in (1, g):
+            config = config_for(
+                setup,
+                conv=conv,
+                norm=norm,
+                num_groups=4 if tiny else study.num_groups,
+                replicas_per_device=g // b,
+            )
+            runs[f"{b}/device"] = stepper(*train_step(setup, config, g))
+        timing = time_interleaved(runs, setup.repeats, setup.calls)
+        one, reference = timing["1/device"], timing[f"{g}/device"]
+        rows.append(
+            {
+                "normalization": name,
+                "model": setup.model,
+                "global_batch": g,
+                "step_time_s": {k: t.as_dict() for k, t in timing.items()},
+                "emulation_cost": one.median / reference.median,
+            }
+        )
+    return rows
