@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from experiments import cpu_backend, provenance, steps
-from experiments.bench import cases
+from experiments.bench import cases, microbatch_emulation
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results" / "benchmarks"
 
@@ -114,7 +114,7 @@ def run(
     results["inference"] = case("inference, folded vs WS", cases.inference, setup, large)
     results["small_map_conv"] = case("small-map convolution", cases.small_map_conv, setup, large)
     results["microbatch_emulation"] = case(
-        "micro-batch emulation", cases.microbatch_emulation, setup
+        "micro-batch emulation", microbatch_emulation.measure, setup
     )
     if torch_python:
         results["torch_reference"] = case(

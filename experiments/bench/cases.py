@@ -18,7 +18,6 @@ from experiments import model_factory, steps
 from experiments.bench.peaks import device_precision_and_peak
 from experiments.bench.timing import stepper, time_calls, time_interleaved
 from experiments.configs import default
-from experiments.configs import microbatch as study_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,42 +220,3 @@ def inference(setup: Setup, batch: int) -> dict[str, Any]:
         "speedup": ws_t.median / plain_t.median,
         "max_abs_output_difference": max_diff,
     }
-
-
-def microbatch_emulation(setup: Setup) -> list[dict[str, Any]]:
-    """The micro-batch study's step on one device: its global batch G as G replicas of one image (b = 1,
-    each with its own batch statistics) against one replica of G (b = G), timed in turns.
-
-    The study's model, groups and G come from ``configs/microbatch.py`` (``vgg_tiny`` when the setup's model
-    is, for ``--tiny``). The ratio is what emulating G devices costs over ordinary training at the same batch.
-    """
-    study = study_config.get_config()
-    tiny = setup.model == "vgg_tiny"
-    setup = dataclasses.replace(
-        setup, model="vgg_tiny" if tiny else study.model, image_shape=(28, 28, 1)
-    )
-    g = study.global_batch_size
-    rows = []
-    for name, conv, norm in (("BN", "plain", "bn"), ("BCN+WS", "ws", "bcn")):
-        runs = {}
-        for b in (1, g):
-            config = config_for(
-                setup,
-                conv=conv,
-                norm=norm,
-                num_groups=4 if tiny else study.num_groups,
-                replicas_per_device=g // b,
-            )
-            runs[f"{b}/device"] = stepper(*train_step(setup, config, g))
-        timing = time_interleaved(runs, setup.repeats, setup.calls)
-        one, reference = timing["1/device"], timing[f"{g}/device"]
-        rows.append(
-            {
-                "normalization": name,
-                "model": setup.model,
-                "global_batch": g,
-                "step_time_s": {k: t.as_dict() for k, t in timing.items()},
-                "emulation_cost": one.median / reference.median,
-            }
-        )
-    return rows
