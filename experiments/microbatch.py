@@ -34,6 +34,7 @@ nothing.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import IO
 
 from experiments.filelock import try_lock
 
@@ -137,8 +139,13 @@ def default_global_batch() -> int:
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
-    info = workdir / "run_info.json"
-    return info.exists() and "final_test_accuracy" in json.loads(info.read_text())
+    try:
+        return "final_test_accuracy" in json.loads((workdir / "run_info.json").read_text())
+    except (
+        FileNotFoundError,
+        json.JSONDecodeError,
+    ):  # not started, or written before atomic writes
+        return False
 
 
 def probe_device_count() -> int:
@@ -154,8 +161,14 @@ def probe_device_count() -> int:
     return int(probe.stdout.split()[-1])
 
 
-def _run_subprocess(workdir: pathlib.Path, flags: list[str], log: pathlib.Path) -> str | None:
-    """Trains one cell in a child process; returns why it failed, or None."""
+def _run_subprocess(
+    workdir: pathlib.Path, flags: list[str], log: pathlib.Path, claim: IO[str] | None = None
+) -> str | None:
+    """Trains one cell in a child process; returns why it failed, or None.
+
+    The child inherits ``claim`` (the cell's lock file): the lock lasts as long as the training, even if
+    this process is killed first.
+    """
     command = [
         sys.executable,
         "-m",
@@ -165,7 +178,13 @@ def _run_subprocess(workdir: pathlib.Path, flags: list[str], log: pathlib.Path) 
         *flags,
     ]
     with log.open("a") as out:
-        result = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(
+            command,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=(claim.fileno(),) if claim else (),
+        )
     return f"exit {result.returncode}; see {log}" if result.returncode else None
 
 
@@ -221,13 +240,15 @@ class _InProcess:
         return None
 
 
-def _train_cell(cell: Cell, workdir: pathlib.Path, flags: list[str], runner) -> str | None:
+def _train_cell(
+    cell: Cell, workdir: pathlib.Path, flags: list[str], runner, claim: IO[str]
+) -> str | None:
     """Trains one cell in ``runner`` (``_InProcess``) or else a subprocess; returns why it failed, or None."""
     if runner:
         return runner(workdir, flags)
     log = workdir.parent / "logs" / f"{cell.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    return _run_subprocess(workdir, flags, log)
+    return _run_subprocess(workdir, flags, log, claim)
 
 
 def run(
@@ -250,8 +271,9 @@ def run(
       in_process: train in this process (starts JAX here) instead of one subprocess per cell.
       devices: the device count if known (0: ask a child process, or JAX itself when ``in_process``).
       time_limit_s: start no cell expected to end more than this many seconds after the sweep started, a cell
-        being expected to take as long as the longest this run has trained (None: no limit). A sitting that
-        must end by a given time stops between cells instead of in one.
+        being expected to take as long as the longest this run has trained (None: no limit; the first cell,
+        with nothing to go by, always starts). A sitting that must end by a given time stops between cells
+        instead of in one.
     """
     from tqdm.auto import tqdm
 
@@ -268,14 +290,22 @@ def run(
     todo = [c for c in cells if not is_finished(sweep_dir / c.name)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished", file=sys.stderr)
     failed: list[str] = []
-    elsewhere: list[str] = []  # cells another worker of this sweep is training
+    held: list[
+        Cell
+    ] = []  # cells another worker of this sweep was training when this one came to them
     streak = 0  # consecutive failures: a broken setup fails every cell, a diverged run only its own
     longest = 0.0  # seconds of the longest cell trained so far: the next one's expected time
-    for index, cell in enumerate(bar := tqdm(todo, desc="cells", unit="cell")):
+    # A second look at the cells others held: one whose worker died is free again.
+    queue = iter(todo)
+    for cell in (
+        bar := tqdm(
+            itertools.chain(queue, _later(held)), desc="cells", unit="cell", total=len(todo)
+        )
+    ):
         if time_limit_s is not None and time.monotonic() - started + longest > time_limit_s:
             print(
-                f"\nstopped for time: {len(todo) - index} cell(s) not started (a cell takes up to "
-                f"{longest:.0f} s; the limit is {time_limit_s:.0f} s); rerun to go on",
+                f"\nstopped for time (a cell takes up to {longest:.0f} s; the limit is "
+                f"{time_limit_s:.0f} s); rerun to go on",
                 file=sys.stderr,
             )
             break
@@ -284,15 +314,14 @@ def run(
         workdir.mkdir(exist_ok=True)
         claim, _ = try_lock(workdir / ".claim")  # held while this worker trains the cell
         if claim is None:
-            elsewhere.append(cell.name)
+            held.append(cell)
             continue
         with claim:
             if is_finished(workdir):  # another worker finished it after this one listed the cells
                 continue
             cell_started = time.monotonic()
-            why = _train_cell(
-                cell, workdir, [*cell.overrides(global_batch, devices), *extra], runner
-            )
+            flags = [*cell.overrides(global_batch, devices), *extra]
+            why = _train_cell(cell, workdir, flags, runner, claim)
             longest = max(longest, time.monotonic() - cell_started)
         streak = streak + 1 if why else 0
         if why:
@@ -300,6 +329,7 @@ def run(
             failed.append(cell.name)
         if streak == MAX_CONSECUTIVE_FAILURES:
             raise RuntimeError(f"the last {streak} cells all failed ({why}); stopped")
+    elsewhere = [c.name for c in held if not is_finished(sweep_dir / c.name)]
     if elsewhere:
         print(
             f"{len(elsewhere)} cell(s) left to other workers: {', '.join(elsewhere)}",
@@ -309,6 +339,13 @@ def run(
         raise RuntimeError(
             f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them"
         )
+
+
+def _later(held: list[Cell]):
+    """Once the first pass is over: each cell that was held then, one at a time (the list may grow no more)."""
+    for cell in list(held):
+        held.remove(cell)
+        yield cell
 
 
 def _batch_free(flag: list[str], batches: list[str]) -> list[int] | None:

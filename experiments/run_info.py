@@ -9,6 +9,7 @@ checkpoint, so a ``kill -9`` loses only the time since the last one.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 from typing import Any
@@ -56,4 +57,7 @@ class RunInfo:
             train_wall_time_s=self._earlier_s + elapsed,
             segments=[*self._segments, dict(self._segment)],
         )
-        self.path.write_text(json.dumps(self.info, indent=2))
+        # Whole or not at all: the micro-batch driver's workers read it while the run goes on.
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(self.info, indent=2))
+        os.replace(partial, self.path)

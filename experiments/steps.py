@@ -236,9 +236,9 @@ def _per_device_train_step(
     state: TrainState, images: jax.Array, labels: jax.Array, cfg: StepConfig
 ):
     # images (r, shard, H, W, C): this device's replicas' shards.
-    # Differentiate with respect to a device-varying copy of the parameters, so that each gradient is the
-    # replica's own (for replicated parameters shard_map's autodiff would sum it over devices); then
-    # average over all replicas, as pmap-era data parallelism does.
+    # Differentiate with respect to a device-varying copy of the parameters, so that each device's gradient
+    # is its own, the mean over its replicas (for replicated parameters shard_map's autodiff would sum it
+    # over devices); then average over devices, as pmap-era data parallelism does.
     local_params = lax.pcast(state.params, AXIS, to="varying")
     if cfg.pool_replicas:
         pooled = _pooled_gradient(state, local_params, images, labels, cfg)

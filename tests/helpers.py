@@ -180,8 +180,9 @@ def finish_processes(
     One process left waiting in a collective that the others never enter is a hang: the failure shows what
     each process printed instead of stalling CI.
     """
+    deadline = time.monotonic() + timeout
     try:
-        outputs = [w.communicate(timeout=timeout) for w in workers]
+        outputs = [w.communicate(timeout=max(deadline - time.monotonic(), 0.1)) for w in workers]
     except subprocess.TimeoutExpired:
         for w in workers:
             w.kill()

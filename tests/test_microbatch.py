@@ -133,7 +133,7 @@ def finish(workdir):  # what a finished cell leaves: its final accuracy in run_i
 def test_a_failed_cell_does_not_stop_the_sweep_but_a_broken_setup_does(tmp_path, monkeypatch):
     trained = []
 
-    def fake_cell(workdir, flags, log):  # "trains" a cell, or fails like a diverged run
+    def fake_cell(workdir, flags, log, claim=None):  # "trains" a cell, or fails like a diverged run
         trained.append(workdir.name)
         if workdir.name in failing:
             return "exit 1"
@@ -160,7 +160,7 @@ def test_workers_share_a_sweep_through_each_cells_claim(tmp_path, monkeypatch, c
     sweep = tmp_path / "sweep"
     trained = []
 
-    def fake_cell(workdir, flags, log):
+    def fake_cell(workdir, flags, log, claim=None):
         trained.append(workdir.name)
         if (
             workdir.name == "bn_b1_s0"
@@ -183,11 +183,55 @@ def test_workers_share_a_sweep_through_each_cells_claim(tmp_path, monkeypatch, c
     assert trained == ["bn_b2_s0"]
 
 
+def test_a_cell_whose_worker_dies_gets_a_second_look(tmp_path, monkeypatch, capsys):
+    trained = []
+
+    def fake_cell(workdir, flags, log, claim):
+        trained.append(workdir.name)
+        if workdir.name == "bn_b2_s0":
+            other_worker.close()  # meanwhile the worker that held b1 dies
+        finish(workdir)
+
+    monkeypatch.setattr(microbatch, "_run_subprocess", fake_cell)
+    (tmp_path / "bn_b1_s0").mkdir()
+    other_worker, _ = try_lock(tmp_path / "bn_b1_s0" / ".claim")
+    microbatch.run(tmp_path, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1)
+    assert trained == ["bn_b2_s0", "bn_b4_s0", "bn_b1_s0"]  # b1 after the first pass
+    assert "left to other workers" not in capsys.readouterr().err
+
+
+def test_the_claim_lasts_as_long_as_the_training(tmp_path, monkeypatch):
+    """The trainer inherits the claim: killing the worker's parent does not free a cell still training."""
+    claim, _ = try_lock(tmp_path / ".claim")
+    passed = {}
+
+    def fake_run(command, **kwargs):  # the trainer's launch, as _run_subprocess makes it
+        passed.update(kwargs)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(microbatch.subprocess, "run", fake_run)
+    assert microbatch._run_subprocess(tmp_path, [], tmp_path / "log", claim) is None
+    assert passed["pass_fds"] == (claim.fileno(),)
+    monkeypatch.undo()
+    # What that gives: a child holding the inherited descriptor keeps the lock after the parent closes it.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        pass_fds=passed["pass_fds"],
+    )
+    try:
+        claim.close()
+        assert try_lock(tmp_path / ".claim")[0] is None
+    finally:
+        child.communicate(b"")
+    assert try_lock(tmp_path / ".claim")[0] is not None  # the training ended: free
+
+
 def test_a_time_limit_starts_no_cell_expected_to_overrun(tmp_path, monkeypatch, capsys):
     now = [100.0]  # a fake clock: each cell "takes" 10 s
     trained = []
 
-    def fake_cell(workdir, flags, log):
+    def fake_cell(workdir, flags, log, claim=None):
         trained.append(workdir.name)
         now[0] += 10
         finish(workdir)
@@ -196,7 +240,9 @@ def test_a_time_limit_starts_no_cell_expected_to_overrun(tmp_path, monkeypatch, 
     monkeypatch.setattr(microbatch.time, "monotonic", lambda: now[0])
     microbatch.run(tmp_path, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1, time_limit_s=25)
     assert trained == ["bn_b1_s0", "bn_b2_s0"]  # a third would end at 30 s
-    assert "stopped for time: 1 cell(s) not started" in capsys.readouterr().err
+    assert (
+        "stopped for time (a cell takes up to 10 s; the limit is 25 s)" in capsys.readouterr().err
+    )
 
 
 def test_design_check_names_cells_run_from_uncommitted_code():

@@ -1,7 +1,7 @@
 """Part ``micro``: the micro-batch study's emulation on one device: 8 vmapped replicas x 1 image per step.
 
-For each normalization of the study (``experiments/microbatch.py``), the study's model and optimizer
-(``configs/microbatch.py``: a 6-conv VGG on 28x28x1, Adam) with ``replicas_per_device=8`` and one image per
+For each normalization of the study (``experiments/microbatch.py``), the study's model
+(``configs/microbatch.py``: a 6-conv VGG on 28x28x1; Adam, as ``bench.cases.train_step`` times every step) with ``replicas_per_device=8`` and one image per
 replica: training steps per second. After the first, the study's own cells, BN with its global batch as
 32 replicas x 1 image and as 1 x 32: steps per second and the seconds of training one cell takes (its
 ``num_epochs`` of Fashion-MNIST's 60,000 images), which size the ``study`` part. Then the paper's own
@@ -80,7 +80,7 @@ def run(ctx: PartContext) -> None:
 
 
 def _study_cells(ctx: PartContext, repeats: int, calls: int) -> None:
-    """BN's cells at the two ends of the study's range, as the sweep trains them: their seconds per cell."""
+    """BN's cells at the two ends of the study's range (its config, replicas and steps): seconds per cell."""
     from experiments.configs import microbatch as microbatch_config
 
     for per_device in (1, 32):

@@ -7,7 +7,8 @@ The cells of the CPU sweep (``experiments/microbatch.py`` with ``configs/microba
 global batch, steps, optimizer and data order), with more seeds, trained by ``microbatch.run(...,
 in_process=True)``: one process, so no start-up per cell, and one compilation cache, so the cells of later
 seeds do not compile again. Seeds are outermost, so whatever finishes before the deadline is every setting
-once per finished seed. No cell starts unless the longest so far would still end in time.
+once per finished seed. No cell starts unless the longest so far would still end in time (the first always
+does); a part killed at its limit loses ``results["cells"]``, not the cells' records in ``files.tar.gz``.
 
 What comes back: ``results["cells"]`` (each cell's accuracy and wall time) and, in ``files.tar.gz``, each
 cell's records under ``study/runs/CELL/`` (``config.json``, ``metrics.jsonl``, ``run_info.json``). Untar them

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from experiments.bench.cases import Setup, config_for, train_step
+from experiments.bench.cases import Setup, train_step
 from experiments.bench.timing import stepper, time_interleaved
 from experiments.configs import microbatch as study_config
 
@@ -21,33 +21,28 @@ from experiments.configs import microbatch as study_config
 def measure(setup: Setup) -> list[dict[str, Any]]:
     """Per normalization (BN, BCN+WS): both steps' times and ``emulation_cost`` = b=1 time / b=G time.
 
-    The model, groups and G are ``configs/microbatch.py``'s (``vgg_tiny`` when the setup's model is, for
-    ``--tiny``); the setup gives the mesh, repeats and calls.
+    The config is ``configs/microbatch.py``'s (model, groups, G, data order, augmentation; ``vgg_tiny`` when
+    the setup's model is, for ``--tiny``); the setup gives the mesh, repeats and calls. The optimizer is the
+    benchmark's constant-rate Adam (``cases.train_step``), not the study's schedule: the same work per step.
     """
-    study = study_config.get_config()
     tiny = setup.model == "vgg_tiny"
-    setup = dataclasses.replace(
-        setup, model="vgg_tiny" if tiny else study.model, image_shape=(28, 28, 1)
-    )
-    g = study.global_batch_size
+    g = study_config.get_config().global_batch_size
     rows = []
     for name, conv, norm in (("BN", "plain", "bn"), ("BCN+WS", "ws", "bcn")):
         runs = {}
         for b in (1, g):
-            config = config_for(
-                setup,
-                conv=conv,
-                norm=norm,
-                num_groups=4 if tiny else study.num_groups,
-                replicas_per_device=g // b,
-            )
-            runs[f"{b}/device"] = stepper(*train_step(setup, config, g))
+            config = study_config.get_config()  # the study's data order and augmentation too
+            config.update(conv=conv, norm=norm, replicas_per_device=g // b)
+            if tiny:
+                config.update(model="vgg_tiny", num_groups=4)
+            study_setup = dataclasses.replace(setup, model=config.model, image_shape=(28, 28, 1))
+            runs[f"{b}/device"] = stepper(*train_step(study_setup, config, g))
         timing = time_interleaved(runs, setup.repeats, setup.calls)
         one, reference = timing["1/device"], timing[f"{g}/device"]
         rows.append(
             {
                 "normalization": name,
-                "model": setup.model,
+                "model": config.model,
                 "global_batch": g,
                 "step_time_s": {k: t.as_dict() for k, t in timing.items()},
                 "emulation_cost": one.median / reference.median,
