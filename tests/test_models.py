@@ -109,6 +109,32 @@ def test_bf16_model():
     assert logits.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(logits)))
 
 
+@pytest.mark.parametrize("kind", ["bn", "gn", "bcn"])
+def test_bf16_norm_layers_run_under_strict_promotion(kind):
+    """The tests run under 'strict' dtype promotion (conftest.py), where Flax's own BatchNorm and GroupNorm
+    refuse bfloat16 inputs; ours compute what Flax computes under 'standard' promotion."""
+    x = jax.random.normal(jax.random.key(0), (4, 6, 6, 8)).astype(jnp.bfloat16)
+    layer = norm_layer(kind, num_groups=4, dtype=jnp.bfloat16)(use_running_average=False)
+    variables = layer.init(jax.random.key(1), x)
+    y, _ = layer.apply(variables, x, mutable=["batch_stats"])
+    assert y.dtype == jnp.bfloat16
+    flax_layer = {"bn": nn.BatchNorm, "gn": nn.GroupNorm}.get(kind)
+    if flax_layer is not None:
+        kwargs = {"use_running_average": False} if kind == "bn" else {"num_groups": 4}
+        with jax.numpy_dtype_promotion("standard"):
+            want, _ = flax_layer(dtype=jnp.bfloat16, **kwargs).apply(
+                variables, x, mutable=["batch_stats"]
+            )
+        np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(want, np.float32))
+    bcn = norm_layer("bcn", num_groups=4, dtype=jnp.bfloat16)
+    if (
+        kind == "bcn"
+    ):  # BCN with Flax's batch norm inside (estimate=False), as the official models use it
+        layer = bcn.func(**{**bcn.keywords, "estimate": False}, use_running_average=False)
+        variables = layer.init(jax.random.key(1), x)
+        assert layer.apply(variables, x, mutable=["batch_stats"])[0].dtype == jnp.bfloat16
+
+
 def test_unknown_norm():
     with pytest.raises(ValueError, match="unknown norm 'ln'"):
         norm_layer("ln")

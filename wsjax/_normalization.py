@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from wsjax import _flax_norms
 from wsjax import _norm_math as norm_math
 from wsjax._dtypes import output_dtype
 
@@ -268,7 +269,7 @@ class BatchChannelNorm(nn.Module):
         batch_norm = (
             functools.partial(EstimatedBatchNorm, variance_around=self.variance_around)
             if self.estimate
-            else nn.BatchNorm
+            else _flax_norms.BatchNorm
         )
         x = batch_norm(
             momentum=self.momentum,

@@ -8,14 +8,17 @@ from typing import Any
 
 import flax.linen as nn
 
+from wsjax import _flax_norms
 from wsjax._normalization import BatchChannelNorm
 
 ModuleDef = Callable[..., nn.Module]
 NORMS = ("bn", "gn", "bcn", "none")
 
 
-class GroupNorm(nn.GroupNorm):
+class GroupNorm(_flax_norms.GroupNorm):
     r"""``nn.GroupNorm`` that accepts (and ignores) ``use_running_average``: it has no running statistics.
+
+    Like the ``'bn'`` layer, it also runs under JAX's ``'strict'`` dtype promotion (``wsjax._flax_norms``).
 
     .. math::
 
@@ -57,7 +60,11 @@ def norm_layer(
     """
     if kind == "bn":
         return functools.partial(
-            nn.BatchNorm, momentum=momentum, epsilon=epsilon, axis_name=axis_name, dtype=dtype
+            _flax_norms.BatchNorm,
+            momentum=momentum,
+            epsilon=epsilon,
+            axis_name=axis_name,
+            dtype=dtype,
         )
     if kind == "gn":
         return functools.partial(GroupNorm, num_groups=num_groups, epsilon=epsilon, dtype=dtype)
