@@ -145,6 +145,20 @@ def test_bcn_linen_equals_nnx_over_training_and_eval(estimate, variance_around):
     np.testing.assert_allclose(module(batches[2]), want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("estimate", [True, False])
+def test_bf16_bcn_linen_equals_nnx_under_strict_promotion(estimate):
+    """The tests run under 'strict' dtype promotion (conftest.py), which Flax's batch norms refuse in
+    bfloat16; both APIs' BCN run there, alike."""
+    x = (jax.random.normal(jax.random.key(0), (4, 5, 5, 8)) * 2 + 1).astype(jnp.bfloat16)
+    linen = wsjax.BatchChannelNorm(num_groups=4, estimate=estimate, dtype=jnp.bfloat16)
+    variables = linen.init(jax.random.key(0), x, use_running_average=False)
+    want, _ = linen.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    module = wnnx.BatchChannelNorm(8, 4, estimate=estimate, dtype=jnp.bfloat16)
+    got = module(x)
+    assert got.dtype == want.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
 def test_nnx_channel_norm_errors():
     with pytest.raises(ValueError, match="not divisible"):
         wnnx.ChannelNorm(6, 4)

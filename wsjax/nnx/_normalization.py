@@ -183,6 +183,14 @@ class ChannelNorm(nnx.Module):
         )
 
 
+class _BatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` that also runs under JAX's ``'strict'`` dtype promotion (as ``wsjax._flax_norms``)."""
+
+    def __call__(self, x, use_running_average=None, *, mask=None):
+        with jax.numpy_dtype_promotion("standard"):
+            return super().__call__(x, use_running_average, mask=mask)
+
+
 class BatchChannelNorm(nnx.Module):
     r""":math:`\mathrm{CN}(\mathrm{EBN}(x))`, as :class:`wsjax.BatchChannelNorm`.
 
@@ -229,7 +237,7 @@ class BatchChannelNorm(nnx.Module):
         batch_norm = (
             functools.partial(EstimatedBatchNorm, variance_around=variance_around)
             if estimate
-            else nnx.BatchNorm
+            else _BatchNorm
         )
         self.batch_norm = batch_norm(
             num_features,
