@@ -54,31 +54,44 @@ def learning_rate_schedule(
     )
 
 
-def _decay_mask(params):
-    # Decay kernels only, not biases, norm scales/shifts or WS gains.
+def _kernels_only(params):
+    """The weight-decay mask of ``weight_decay_on="kernels"``: not biases, norm scales/shifts or WS gains."""
     return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _decay_mask(config: ml_collections.ConfigDict):
+    """``optax``'s mask for ``config.weight_decay_on``: kernels only, or None (every parameter)."""
+    on = config.weight_decay_on
+    if on not in ("kernels", "all"):
+        raise ConfigError(f"unknown weight_decay_on {on!r}; choose 'kernels' or 'all'.")
+    return _kernels_only if on == "kernels" else None
 
 
 def make_optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
     """``adam`` (the reference), ``adamw``, ``sgd`` with Nesterov momentum, or ``momentum`` (SGD with heavy-ball
-    momentum, as ``torch.optim.SGD`` in the ImageNet recipe); weight decay on kernels."""
+    momentum, as ``torch.optim.SGD`` in the ImageNet recipe); weight decay on ``config.weight_decay_on``.
+
+    Except in ``adamw``, the decay is L2 added to the gradient before the optimizer, as PyTorch's
+    ``weight_decay`` argument: ``g + wd * p``; ``momentum`` is then ``v = m v + g + wd p; p -= lr v``.
+    """
+    mask = _decay_mask(config)
     if config.optimizer == "adam":
         tx = optax.adam(schedule)
         if config.weight_decay:  # L2 in the loss gradient, as torch.optim.Adam(weight_decay=...)
-            tx = optax.chain(optax.add_decayed_weights(config.weight_decay, _decay_mask), tx)
+            tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask), tx)
         return tx
     if config.optimizer == "adamw":
-        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask)
+        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask)
     if config.optimizer == "sgd":
         return optax.chain(
-            optax.add_decayed_weights(config.weight_decay, _decay_mask),
+            optax.add_decayed_weights(config.weight_decay, mask),
             optax.sgd(schedule, momentum=config.momentum, nesterov=True),
         )
     if config.optimizer == "momentum":
         return optax.chain(
-            optax.add_decayed_weights(config.weight_decay, _decay_mask),
+            optax.add_decayed_weights(config.weight_decay, mask),
             optax.sgd(schedule, momentum=config.momentum, nesterov=False),
         )
     raise ConfigError(

@@ -75,7 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
         "constant"  # constant | cosine | steps (all after warmup_epochs of linear warm-up)
     )
     config.warmup_epochs = 0.0
-    config.weight_decay = 0.0  # on kernels only
+    config.weight_decay = 0.0  # L2, as PyTorch's weight_decay (adamw: decoupled)
+    config.weight_decay_on = "kernels"  # kernels | all (also biases, norm scales/shifts, WS gains)
     config.momentum = 0.9  # sgd only
     config.seed = 0
 

@@ -2,8 +2,8 @@
 
 ResNet-50/101 or ResNeXt-50 (32x4d) with weight-standardized convolutions (each official code's convention:
 ``qiao`` with GN, ``pytorch`` with BCN) and GN or BCN (32 groups); SGD with momentum 0.9, learning rate
-0.1 x global batch / 256, weight decay 1e-4 (kernels), 90 epochs, the rate x0.1 at epochs 30 and 60; Inception-style random-resized crops of 224 + flip
-for training, resize to 256 + centre crop 224 for evaluation, on the whole validation split (50,000 images,
+0.1 x global batch / 256, weight decay 1e-4 (on every parameter, as the official scripts), 90 epochs, the
+rate x0.1 at epochs 30 and 60; Inception-style random-resized crops of 224 + flip for training, resize to 256 + centre crop 224 for evaluation, on the whole validation split (50,000 images,
 top-1 and top-5). One image per replica: the global batch of 256 is 256 replicas of one image, each with its
 own batch statistics (the micro-batch setting), ``replicas_per_device = 256 / devices`` of them vmapped on each
 device.
@@ -65,6 +65,9 @@ def recipe(model: str, norm: str, devices: str | None = None) -> ml_collections.
     config.schedule = "steps"
     config.decay_epochs = (30, 60)
     config.weight_decay = 1e-4
+    # Every parameter, as both official scripts: optim.SGD(model.parameters(), ..., weight_decay=...)
+    # (pytorch-classification imagenet.py:167; Batch-Channel-Normalization imagenet/imagenet.py:168).
+    config.weight_decay_on = "all"
     config.dtype = "bfloat16"  # parameters, optimizer state and statistics stay float32
 
     config.eval_batch_size = 1024
