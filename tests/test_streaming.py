@@ -4,6 +4,7 @@ the automatic choice, ImageNet's missing-files message, and real and mocked trai
 import io
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -177,6 +178,30 @@ def test_memory_checkpoint_is_not_resumed_as_a_stream(tmp_path):
         ConfigError, match="checkpoint 2 has no streaming input position .* new --workdir"
     ):
         train.train_and_evaluate(tiny_config(input_pipeline="stream"), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_grain_worker_processes_train_reproducibly_and_resume_only_with_their_count(tmp_path):
+    """``input_workers > 0`` (grain's worker processes, here outside the command line): the same parameters
+    from a rerun; its batches depend on the worker count (grain batches within each worker), so a resume
+    with another count is refused with the fix."""
+    from tests.helpers import read_checkpoint
+
+    args = dict(input_pipeline="stream", num_train_steps=4, checkpoint_every_steps=2)
+    for name, workers in (("a", 2), ("b", 2), ("inline", 0)):
+        train.train_and_evaluate(tiny_config(**args, input_workers=workers), str(tmp_path / name))
+    a, b, inline = (read_checkpoint(tmp_path / name, 4) for name in ("a", "b", "inline"))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(inline), strict=True)
+    )  # other batches: if this starts to fail, grain keeps the order across worker counts (good news)
+    longer = tiny_config(**{**args, "num_train_steps": 6}, input_workers=0)
+    with pytest.raises(
+        ConfigError, match="saved with input_workers=2, not 0: .* --config.input_workers=2"
+    ):
+        train.train_and_evaluate(longer, str(tmp_path / "a"))
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.augmentation = "pad_crop"
     config.image_size = 0  # inception's output side (e.g. 224); 0: the native size
     config.input_workers = (
-        0  # stream: grain worker processes for augmentation (0: in the training process)
+        0  # stream: grain worker processes for decoding and augmentation (0: in the training process);
+        # the batches depend on it (grain batches within each worker): a run resumes only with its own
     )
     config.input_threads = (
         0  # stream: threads that read and decode records (0: the host's cores, at most 16)

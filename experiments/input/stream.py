@@ -35,6 +35,7 @@ batches ahead, so the step waits on the host only when the host is slower than t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import queue
 import threading
@@ -104,6 +105,19 @@ def num_eval_batches(num_examples: int, process_count: int, per_process_batch: i
     """Evaluation steps per pass, the same on every process (the longest range's batches)."""
     longest = max(hi - lo for lo, hi in eval_ranges(num_examples, process_count))
     return max(1, -(-longest // per_process_batch))
+
+
+def _absl_flags_parsed() -> None:
+    """Marks absl's flags parsed where no ``app.run`` did (a notebook, ``train_and_evaluate`` called directly).
+
+    grain's worker processes read absl flags of their own as they start, and absl refuses any flag read before
+    parsing: without this, ``input_workers > 0`` fails outside the command line with UnparsedFlagAccessError.
+    Flags already parsed (the command line) are left as they are.
+    """
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def eval_host_batches(
@@ -225,6 +239,10 @@ class StreamInput:
         self.num_replicas = mesh.devices.size * replicas_per_device
         self.per_replica_batch, self.eval_per_replica = per_replica_batch, eval_per_replica
         self.workers = config.get("input_workers", 0)
+        if self.workers < 0:
+            raise ConfigError(f"input_workers must be >= 0, got {self.workers}.")
+        if self.workers:
+            _absl_flags_parsed()
         self.threads = config.get("input_threads", 0) or min(16, os.cpu_count() or 1)
         self.depth = config.get("prefetch", 2)
         self.train_source = sources_lib.Decoded(self.sources.train, channels)
@@ -276,6 +294,12 @@ class StreamInput:
         """Resumes after the batch whose position a checkpoint saved (before the first ``train_args``)."""
         if self._iterator is not None:
             raise RuntimeError("restore() must precede the first batch")
+        saved = json.loads(position).get("worker_count", self.workers)
+        if saved != self.workers:  # grain would refuse it later, in its own words
+            raise ConfigError(
+                f"this run's input positions were saved with input_workers={saved}, not {self.workers}: "
+                f"grain's batches depend on its worker count, so resume with --config.input_workers={saved}."
+            )
         self._restore_to = position
 
     def _next(self) -> tuple[tuple[jax.Array, jax.Array], str]:
