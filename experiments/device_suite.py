@@ -4,6 +4,7 @@
     python -m experiments.device_suite --tiny           # the same script at tiny sizes: seconds, any CPU
     python -m experiments.device_suite --parts=bench,tta
     bash experiments/device_suite.sh --parts=study --deadline_s=540   # issue 12's study: a call of its own
+    bash experiments/device_suite.sh --parts=imagenet --deadline_s=200   # the ResNet-50 step, when time is left
 
 Each part (``experiments/accel/``) runs in its own process, one after the other, with its own time budget,
 cut to what is left before the suite's deadline: a part that fails or overruns is recorded as such and the
@@ -46,10 +47,13 @@ PARTS = {
     "micro": ("experiments.accel.micro_speed", 35),
     # Last: it gets what the others leave (they rarely use their whole budgets); skips without torch/timm.
     "pretrained": ("experiments.accel.pretrained_check", 75),
-    # Not in the default call: a call of its own (--parts=study --deadline_s=540), for the issue-12 study.
+    # Not in the default call. The ResNet-50 step: a rerun with time to spare (--parts=imagenet).
+    "imagenet": ("experiments.accel.imagenet_step", 150),
+    # A call of its own (--parts=study --deadline_s=540), for the issue-12 study.
     "study": ("experiments.accel.microbatch_study", 520),
 }
-DEFAULT_PARTS = [name for name in PARTS if name != "study"]
+OPTIONAL_PARTS = ("imagenet", "study")
+DEFAULT_PARTS = [name for name in PARTS if name not in OPTIONAL_PARTS]
 STUDY_RECORDS = ("config.json", "metrics.jsonl", "run_info.json")  # per cell; not its checkpoints
 DEADLINE_S = 480  # from the suite's start; the wheels' install and Python's start-up come before
 TINY_BUDGET_S = 120  # at least this per part in tiny mode (on a loaded 2-core CPU)
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         default=",".join(DEFAULT_PARTS),
-        help=f"comma-separated, from {list(PARTS)} (default: all but 'study')",
+        help=f"comma-separated, from {list(PARTS)} (default: all but {', '.join(OPTIONAL_PARTS)})",
     )
     parser.add_argument(
         "--deadline_s", type=float, default=DEADLINE_S, help="the whole suite's limit"

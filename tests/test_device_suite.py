@@ -86,11 +86,15 @@ def test_tiny_mode_runs_every_part(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_study_part_brings_back_each_cells_records(tmp_path):
-    """The `study` part (a call of its own): its cells' records come back, and the report reads them."""
+def test_tiny_optional_parts_and_the_study_cells_records(tmp_path):
+    """The parts outside the default call: `imagenet` measures its two steps; `study` brings back its cells'
+    records, which the report reads."""
     from experiments import microbatch_report
 
-    _, results = _tiny_suite(tmp_path, "--parts=study")
+    _, results = _tiny_suite(tmp_path, f"--parts={','.join(device_suite.OPTIONAL_PARTS)}")
+    assert all(p["status"] == "ok" for p in results["parts"].values())
+    steps = results["parts"]["imagenet"]["results"]["steps"]
+    assert [(s["normalization"], s["replicas"]) for s in steps] == [("GN+WS", 1), ("BCN+WS", 8)]
     assert [c["name"] for c in results["parts"]["study"]["results"]["cells"]] == [
         "bn_b1_s0", "bn_b32_s0", "gn_ws_b1_s0", "gn_ws_b32_s0"
     ]  # fmt: skip

@@ -181,6 +181,21 @@ def _pretrained(r: dict) -> list[tuple[str, str, str]]:
     return [(label, summarize(_part(r, "pretrained")), "<= 1e-4 of the scale")]
 
 
+def _imagenet(r: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for s in _part(r, "imagenet")["steps"]:
+        mfu = f", MFU {_percent(s['mfu'])}" if s["mfu"] else ""
+        rows.append(
+            (
+                f"{s['model']} {s['normalization']} {s['dtype']} train step, batch {s['per_device_batch']} as "
+                f"{s['replicas']} replica(s)",
+                f"{s['images_per_s']:,.0f} img/s, {_ms(s['step_time_s']['median'])}{mfu}",
+                "",
+            )
+        )
+    return rows
+
+
 def _study(r: dict) -> list[tuple[str, str, str]]:
     cells = _part(r, "study")["cells"]
     label = "micro-batch study's grid on the device (configs/microbatch.py, one process)"
@@ -205,6 +220,7 @@ ROWS: list[tuple[str, Callable[[dict], list[tuple[str, str, str]]]]] = [
     ("micro", _micro),
     ("profile", _profile),
     ("pretrained", _pretrained),
+    ("imagenet", _imagenet),
     ("study", _study),
 ]
 
