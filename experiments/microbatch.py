@@ -22,13 +22,16 @@ default on a CPU) and never starts JAX itself: it asks a short-lived child for t
 VM the chips are free for the cells, and on a GPU the parent holds no memory. ``--in_process`` runs every cell
 in this process instead (no process start-up per cell, and one persistent compilation cache that the cells of
 later seeds reuse), for accelerators where a cell takes seconds. An interrupted sweep resumes where it
-stopped: finished cells are skipped and an interrupted cell resumes from its last checkpoint. Several workers
-share a sweep: run the same command in several processes (two on a 2-core CPU train 1.2x the steps per second
-of one, as a small cell does not keep both cores busy (README); or one per GPU with ``CUDA_VISIBLE_DEVICES``; or on hosts
-that share the folder with working ``flock``). Each claims a cell with a lock on ``CELL/.claim`` while it trains
-it, and leaves the cells others hold. A failed cell
-(e.g. a diverged run) is reported and skipped; three failures in a row stop the sweep. ``run`` commits
-nothing.
+stopped: finished cells are skipped and an interrupted cell resumes from its last checkpoint.
+
+Several workers share a sweep: run the same command in several processes (two on a 2-core CPU train 1.1-1.2x
+the steps per second of one, as a small cell does not keep both cores busy; one per GPU with
+``CUDA_VISIBLE_DEVICES``; or on hosts that share the folder with working ``flock``). Each claims a cell with a
+lock on ``CELL/.claim`` while it trains it (its trainer inherits the lock), leaves the cells others hold, and
+looks at those again after its own pass, when a worker that died has freed its cell.
+
+A failed cell (e.g. a diverged run) is reported and skipped; three failures in a row stop the sweep. ``run``
+commits nothing.
 """
 
 from __future__ import annotations
