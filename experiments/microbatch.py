@@ -37,17 +37,20 @@ commits nothing.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 import math
 import pathlib
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import IO
 
 from experiments.filelock import try_lock
+from experiments.microbatch_cells import (
+    InProcess,
+    check_flags,
+    is_finished,
+    probe_device_count,
+    train_cell,
+)
 
 # name -> (conv, norm) config values.
 NORMALIZATIONS = {
@@ -64,8 +67,6 @@ NORMALIZATIONS = {
 BATCH_FREE = frozenset({"GN", "GN+WS", "none"})
 PER_DEVICE_BATCHES = (1, 2, 4, 8, 32)
 MAX_CONSECUTIVE_FAILURES = 3  # then stop: every cell is failing, not one diverged run
-CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "microbatch.py"
-REPO = CONFIG.parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,119 +142,6 @@ def default_global_batch() -> int:
     return study_config.get_config().global_batch_size
 
 
-def is_finished(workdir: pathlib.Path) -> bool:
-    try:
-        return "final_test_accuracy" in json.loads((workdir / "run_info.json").read_text())
-    except (
-        FileNotFoundError,
-        json.JSONDecodeError,
-    ):  # not started, or written before atomic writes
-        return False
-
-
-def probe_device_count() -> int:
-    """The device count, asked of a child process: the parent must not start JAX (module docstring)."""
-    probe = subprocess.run(
-        [sys.executable, "-c", "import jax; print(jax.device_count())"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        raise RuntimeError(f"could not count the devices: {probe.stderr.strip()[-500:]}")
-    return int(probe.stdout.split()[-1])
-
-
-def _run_subprocess(
-    workdir: pathlib.Path, flags: list[str], log: pathlib.Path, claim: IO[str] | None = None
-) -> str | None:
-    """Trains one cell in a child process; returns why it failed, or None.
-
-    The child inherits ``claim`` (the cell's lock file): the lock lasts as long as the training, even if
-    this process is killed first.
-    """
-    command = [
-        sys.executable,
-        "-m",
-        "experiments.train",
-        f"--config={CONFIG}",
-        f"--workdir={workdir}",
-        *flags,
-    ]
-    with log.open("a") as out:
-        result = subprocess.run(
-            command,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            pass_fds=(claim.fileno(),) if claim else (),
-        )
-    return f"exit {result.returncode}; see {log}" if result.returncode else None
-
-
-def cell_config(flags: list[str]):
-    """``configs/microbatch.py`` with ``--config.FIELD=VALUE`` flags applied, parsed as ``train.py`` does."""
-    from absl import flags as absl_flags
-    from ml_collections import config_flags
-
-    argv = ["microbatch", f"--config={CONFIG}", *flags]
-    values = absl_flags.FlagValues()
-    # The override flags are defined from sys_argv: pass ours, not this process's command line.
-    config_flags.DEFINE_config_file(
-        "config", str(CONFIG), flag_values=values, lock_config=True, sys_argv=argv
-    )
-    values(argv)
-    return values.config
-
-
-def check_flags(flags: list[str]) -> None:
-    """A bad ``--extra`` stops the sweep here, with one line, not in every cell."""
-    from absl import flags as absl_flags
-
-    try:
-        cell_config(flags)
-    except (absl_flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"bad config flag(s) in {flags}: {e}") from None
-
-
-class _InProcess:
-    """Runs cells with ``train_and_evaluate`` in this process, sharing one persistent compilation cache."""
-
-    def __init__(self, compile_cache: pathlib.Path):
-        from experiments import cpu_backend
-
-        cpu_backend.configure()  # before JAX's backend starts, as train_and_evaluate does
-        import jax
-
-        # Cells that differ only in seed compile to the same programs: later seeds load them from disk.
-        jax.config.update("jax_compilation_cache_dir", str(compile_cache))
-        self.jax = jax
-        self.devices = jax.device_count()
-
-    def __call__(self, workdir: pathlib.Path, flags: list[str]) -> str | None:
-        """Trains one cell; returns why it failed, or None."""
-        from experiments import train
-
-        try:
-            train.train_and_evaluate(cell_config(flags), str(workdir))
-        except train.USER_ERRORS as e:  # e.g. a NaN: the other cells can still run
-            return f"{type(e).__name__}: {e}"
-        finally:
-            self.jax.clear_caches()  # this cell's executables are on disk; keep the process's memory flat
-        return None
-
-
-def _train_cell(
-    cell: Cell, workdir: pathlib.Path, flags: list[str], runner, claim: IO[str]
-) -> str | None:
-    """Trains one cell in ``runner`` (``_InProcess``) or else a subprocess; returns why it failed, or None."""
-    if runner:
-        return runner(workdir, flags)
-    log = workdir.parent / "logs" / f"{cell.name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return _run_subprocess(workdir, flags, log, claim)
-
-
 def run(
     sweep_dir: str | pathlib.Path,
     seeds: Sequence[int],
@@ -284,7 +172,7 @@ def run(
     global_batch = global_batch or default_global_batch()
     sweep_dir = pathlib.Path(sweep_dir)
     cells = grid(normalizations, batches, seeds, batch_free_batches)
-    runner = _InProcess(sweep_dir / "compile_cache") if in_process else None
+    runner = InProcess(sweep_dir / "compile_cache") if in_process else None
     devices = devices or (runner.devices if runner else probe_device_count())
     check_design(batches, global_batch, devices)
     if cells:
@@ -293,18 +181,11 @@ def run(
     todo = [c for c in cells if not is_finished(sweep_dir / c.name)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished", file=sys.stderr)
     failed: list[str] = []
-    held: list[
-        Cell
-    ] = []  # cells another worker of this sweep was training when this one came to them
+    held: list[Cell] = []  # cells that another worker was training when this one came to them
     streak = 0  # consecutive failures: a broken setup fails every cell, a diverged run only its own
     longest = 0.0  # seconds of the longest cell trained so far: the next one's expected time
-    # A second look at the cells others held: one whose worker died is free again.
-    queue = iter(todo)
-    for cell in (
-        bar := tqdm(
-            itertools.chain(queue, _later(held)), desc="cells", unit="cell", total=len(todo)
-        )
-    ):
+    cells_in_turn = _then_held(todo, held)
+    for cell in (bar := tqdm(cells_in_turn, desc="cells", unit="cell", total=len(todo))):
         if time_limit_s is not None and time.monotonic() - started + longest > time_limit_s:
             print(
                 f"\nstopped for time (a cell takes up to {longest:.0f} s; the limit is "
@@ -324,7 +205,7 @@ def run(
                 continue
             cell_started = time.monotonic()
             flags = [*cell.overrides(global_batch, devices), *extra]
-            why = _train_cell(cell, workdir, flags, runner, claim)
+            why = train_cell(workdir, flags, runner, claim)
             longest = max(longest, time.monotonic() - cell_started)
         streak = streak + 1 if why else 0
         if why:
@@ -344,11 +225,13 @@ def run(
         )
 
 
-def _later(held: list[Cell]):
-    """Once the first pass is over: each cell that was held then, one at a time (the list may grow no more)."""
-    for cell in list(held):
-        held.remove(cell)
-        yield cell
+def _then_held(todo: list[Cell], held: list[Cell]):
+    """Each cell of ``todo``; then a second look at each that another worker held during that pass (one
+    whose worker died is free again). ``held`` collects, during the second look, the cells still held."""
+    yield from todo
+    second_look = list(held)
+    held.clear()
+    yield from second_look
 
 
 def _batch_free(flag: list[str], batches: list[str]) -> list[int] | None:

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import microbatch, microbatch_report, steps
+from experiments import microbatch, microbatch_cells, microbatch_report, steps
 from experiments.filelock import try_lock
 from tests.helpers import REPO
 from wsjax.models import VGG, norm_layer
@@ -119,10 +119,10 @@ def test_design_check_names_the_fix():
     with pytest.raises(ValueError, match="positive"):
         microbatch.check_design([0, 1], 32, 1)
     with pytest.raises(ValueError, match="bad config flag"):
-        microbatch.check_flags(["--config.no_such_field=1"])
+        microbatch_cells.check_flags(["--config.no_such_field=1"])
     with pytest.raises(ValueError, match="bad config flag"):
-        microbatch.check_flags(["--config.num_epochs=many"])
-    microbatch.check_flags(["--config.num_epochs=2"])
+        microbatch_cells.check_flags(["--config.num_epochs=many"])
+    microbatch_cells.check_flags(["--config.num_epochs=2"])
 
 
 def finish(workdir):  # what a finished cell leaves: its final accuracy in run_info.json
@@ -140,7 +140,7 @@ def test_a_failed_cell_does_not_stop_the_sweep_but_a_broken_setup_does(tmp_path,
         finish(workdir)
         return None
 
-    monkeypatch.setattr(microbatch, "_run_subprocess", fake_cell)
+    monkeypatch.setattr(microbatch_cells, "run_subprocess", fake_cell)
     failing = {"bn_b2_s0"}
     with pytest.raises(RuntimeError, match=r"1 cell\(s\) failed: bn_b2_s0"):
         microbatch.run(tmp_path / "a", [0], ["BN"], [1, 2, 4], global_batch=4, devices=1)
@@ -168,7 +168,7 @@ def test_workers_share_a_sweep_through_each_cells_claim(tmp_path, monkeypatch, c
             finish(sweep / "bn_b4_s0")
         finish(workdir)
 
-    monkeypatch.setattr(microbatch, "_run_subprocess", fake_cell)
+    monkeypatch.setattr(microbatch_cells, "run_subprocess", fake_cell)
     (sweep / "bn_b2_s0").mkdir(parents=True)
     other_worker, _ = try_lock(sweep / "bn_b2_s0" / ".claim")  # another worker is training b2
     assert other_worker is not None
@@ -192,7 +192,7 @@ def test_a_cell_whose_worker_dies_gets_a_second_look(tmp_path, monkeypatch, caps
             other_worker.close()  # meanwhile the worker that held b1 dies
         finish(workdir)
 
-    monkeypatch.setattr(microbatch, "_run_subprocess", fake_cell)
+    monkeypatch.setattr(microbatch_cells, "run_subprocess", fake_cell)
     (tmp_path / "bn_b1_s0").mkdir()
     other_worker, _ = try_lock(tmp_path / "bn_b1_s0" / ".claim")
     microbatch.run(tmp_path, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1)
@@ -205,12 +205,12 @@ def test_the_claim_lasts_as_long_as_the_training(tmp_path, monkeypatch):
     claim, _ = try_lock(tmp_path / ".claim")
     passed = {}
 
-    def fake_run(command, **kwargs):  # the trainer's launch, as _run_subprocess makes it
+    def fake_run(command, **kwargs):  # the trainer's launch, as run_subprocess makes it
         passed.update(kwargs)
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(microbatch.subprocess, "run", fake_run)
-    assert microbatch._run_subprocess(tmp_path, [], tmp_path / "log", claim) is None
+    monkeypatch.setattr(microbatch_cells.subprocess, "run", fake_run)
+    assert microbatch_cells.run_subprocess(tmp_path, [], tmp_path / "log", claim) is None
     assert passed["pass_fds"] == (claim.fileno(),)
     monkeypatch.undo()
     # What that gives: a child holding the inherited descriptor keeps the lock after the parent closes it.
@@ -236,7 +236,7 @@ def test_a_time_limit_starts_no_cell_expected_to_overrun(tmp_path, monkeypatch, 
         now[0] += 10
         finish(workdir)
 
-    monkeypatch.setattr(microbatch, "_run_subprocess", fake_cell)
+    monkeypatch.setattr(microbatch_cells, "run_subprocess", fake_cell)
     monkeypatch.setattr(microbatch.time, "monotonic", lambda: now[0])
     microbatch.run(tmp_path, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1, time_limit_s=25)
     assert trained == ["bn_b1_s0", "bn_b2_s0"]  # a third would end at 30 s

@@ -73,7 +73,9 @@ def test_claims_verdicts_follow_the_figures():
     against[("BCN+WS", 1)] = [0.85, 0.851, 0.849]
     text = microbatch_report.claims(_cells(against))
     assert text[0].endswith("**does not hold**")  # BN at 1 level with BN at 32
-    assert text[1].endswith("**holds in part** (1 of 3)")  # WS helps GN only: BN is higher without it
+    assert text[1].endswith(
+        "**holds in part** (1 of 3)"
+    )  # WS helps GN only: BN is higher without it
     assert text[2].count("**does not hold**") == 2
 
 
