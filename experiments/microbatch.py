@@ -184,8 +184,9 @@ def run(
     held: list[Cell] = []  # cells that another worker was training when this one came to them
     streak = 0  # consecutive failures: a broken setup fails every cell, a diverged run only its own
     longest = 0.0  # seconds of the longest cell trained so far: the next one's expected time
-    cells_in_turn = _then_held(todo, held)
-    for cell in (bar := tqdm(cells_in_turn, desc="cells", unit="cell", total=len(todo))):
+    # Counts the cells this worker has done with (trained, failed, or found finished), not its looks at them.
+    bar = tqdm(desc="cells", unit="cell", total=len(todo))
+    for cell in _then_held(todo, held):
         if time_limit_s is not None and time.monotonic() - started + longest > time_limit_s:
             print(
                 f"\nstopped for time (a cell takes up to {longest:.0f} s; the limit is "
@@ -202,17 +203,20 @@ def run(
             continue
         with claim:
             if is_finished(workdir):  # another worker finished it after this one listed the cells
+                bar.update()
                 continue
             cell_started = time.monotonic()
             flags = [*cell.overrides(global_batch, devices), *extra]
             why = train_cell(workdir, flags, runner, claim)
             longest = max(longest, time.monotonic() - cell_started)
+        bar.update()
         streak = streak + 1 if why else 0
         if why:
             print(f"\ncell {cell.name} failed ({why})", file=sys.stderr)
             failed.append(cell.name)
         if streak == MAX_CONSECUTIVE_FAILURES:
             raise RuntimeError(f"the last {streak} cells all failed ({why}); stopped")
+    bar.close()
     elsewhere = [c.name for c in held if not is_finished(sweep_dir / c.name)]
     if elsewhere:
         print(

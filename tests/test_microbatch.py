@@ -197,7 +197,9 @@ def test_a_cell_whose_worker_dies_gets_a_second_look(tmp_path, monkeypatch, caps
     other_worker, _ = try_lock(tmp_path / "bn_b1_s0" / ".claim")
     microbatch.run(tmp_path, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1)
     assert trained == ["bn_b2_s0", "bn_b4_s0", "bn_b1_s0"]  # b1 after the first pass
-    assert "left to other workers" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "left to other workers" not in err
+    assert "3/3" in err and "4/3" not in err  # the bar counts cells, not looks at them
 
 
 def test_the_claim_lasts_as_long_as_the_training(tmp_path, monkeypatch):
