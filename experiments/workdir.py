@@ -48,7 +48,7 @@ class WorkdirLock:
     def __enter__(self):
         holder = None
         if jax.process_index() == 0:
-            holder = self._acquire()
+            self._file, holder = try_lock(self.path)  # holder: None if taken, else who has it
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -60,11 +60,6 @@ class WorkdirLock:
                 f"workdir {self.path.parent} is in use by {holder}; wait for it to finish or use another --workdir."
             )
         return self
-
-    def _acquire(self) -> str | None:
-        """Takes the lock: None if it got it, else who holds it (as the lock file says)."""
-        self._file, holder = try_lock(self.path)
-        return holder
 
     def __exit__(self, *exc):
         if self._file is not None:
