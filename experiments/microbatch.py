@@ -31,7 +31,7 @@ lock on ``CELL/.claim`` while it trains it (its trainer inherits the lock), leav
 looks at those again after its own pass, when a worker that died has freed its cell.
 
 A failed cell (e.g. a diverged run) is reported and skipped; three failures in a row stop the sweep. ``run``
-commits nothing.
+commits nothing. How one cell is trained (its child process, lock and flags): ``microbatch_cells.py``.
 """
 
 from __future__ import annotations
@@ -185,38 +185,38 @@ def run(
     streak = 0  # consecutive failures: a broken setup fails every cell, a diverged run only its own
     longest = 0.0  # seconds of the longest cell trained so far: the next one's expected time
     # Counts the cells this worker has done with (trained, failed, or found finished), not its looks at them.
-    bar = tqdm(desc="cells", unit="cell", total=len(todo))
-    for cell in _then_held(todo, held):
-        if time_limit_s is not None and time.monotonic() - started + longest > time_limit_s:
-            print(
-                f"\nstopped for time (a cell takes up to {longest:.0f} s; the limit is "
-                f"{time_limit_s:.0f} s); rerun to go on",
-                file=sys.stderr,
-            )
-            break
-        bar.set_postfix_str(cell.name)
-        workdir = sweep_dir / cell.name
-        workdir.mkdir(exist_ok=True)
-        claim, _ = try_lock(workdir / ".claim")  # held while this worker trains the cell
-        if claim is None:
-            held.append(cell)
-            continue
-        with claim:
-            if is_finished(workdir):  # another worker finished it after this one listed the cells
-                bar.update()
+    with tqdm(desc="cells", unit="cell", total=len(todo)) as bar:  # closed on a raise too
+        for cell in _then_held(todo, held):
+            if time_limit_s is not None and time.monotonic() - started + longest > time_limit_s:
+                print(
+                    f"\nstopped for time (a cell takes up to {longest:.0f} s; the limit is "
+                    f"{time_limit_s:.0f} s); rerun to go on",
+                    file=sys.stderr,
+                )
+                break
+            bar.set_postfix_str(cell.name)
+            workdir = sweep_dir / cell.name
+            workdir.mkdir(exist_ok=True)
+            claim, _ = try_lock(workdir / ".claim")  # held while this worker trains the cell
+            if claim is None:
+                held.append(cell)
                 continue
-            cell_started = time.monotonic()
-            flags = [*cell.overrides(global_batch, devices), *extra]
-            why = train_cell(workdir, flags, runner, claim)
-            longest = max(longest, time.monotonic() - cell_started)
-        bar.update()
-        streak = streak + 1 if why else 0
-        if why:
-            print(f"\ncell {cell.name} failed ({why})", file=sys.stderr)
-            failed.append(cell.name)
-        if streak == MAX_CONSECUTIVE_FAILURES:
-            raise RuntimeError(f"the last {streak} cells all failed ({why}); stopped")
-    bar.close()
+            with claim:
+                # another worker may have finished it after this one listed the cells
+                if is_finished(workdir):
+                    bar.update()
+                    continue
+                cell_started = time.monotonic()
+                flags = [*cell.overrides(global_batch, devices), *extra]
+                why = train_cell(workdir, flags, runner, claim)
+                longest = max(longest, time.monotonic() - cell_started)
+            bar.update()
+            streak = streak + 1 if why else 0
+            if why:
+                print(f"\ncell {cell.name} failed ({why})", file=sys.stderr)
+                failed.append(cell.name)
+            if streak == MAX_CONSECUTIVE_FAILURES:
+                raise RuntimeError(f"the last {streak} cells all failed ({why}); stopped")
     elsewhere = [c.name for c in held if not is_finished(sweep_dir / c.name)]
     if elsewhere:
         print(

@@ -198,3 +198,21 @@ def test_table_rows_for_gpu_results():
     assert "| BCN+WS 500 |" in table and "VGG16 WS+BCN on 32x32x3 | 100 steps/s" in table
     assert "(BN, 5,625 steps of 32): training time | 1/device 250 steps/s = 22 s |" in table
     assert "| 3 cells finished (seeds 0, 1), 40 s of training per cell (median);" in table
+
+
+def test_table_names_the_machine_in_a_call_without_bench():
+    """The study's call of its own (no bench part) still says which device and JAX it ran on."""
+    from experiments.accel.table import format_table
+
+    study = {"machine": {"device_kind": "NVIDIA H200", "jax": "0.11.2"},
+             "cells": [{"seed": 0, "wall_time_s": 30.0}]}  # fmt: skip
+    results = {
+        "suite": {
+            "tiny": False,
+            "source_fingerprint": "abc",
+            "date": "2026-12-01",
+            "prepared": None,
+        },
+        "parts": {"study": {"status": "ok", "wall_s": 1.0, "results": study}},
+    }
+    assert "suite: NVIDIA H200, JAX 0.11.2, source abc" in format_table(results)

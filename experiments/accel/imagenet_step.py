@@ -24,9 +24,11 @@ def run(ctx: PartContext) -> None:
     import numpy as np
     from jax.sharding import Mesh
 
-    from experiments import steps
+    from experiments import provenance, steps
     from experiments.bench import cases
 
+    # the table's headline, in a call without bench
+    ctx.record("machine", provenance.describe_machine())
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
     if ctx.tiny:  # the same code path on a CPU in seconds
         setup, batch, groups, dtype = (

@@ -33,8 +33,11 @@ TINY_FLAGS = [
 
 
 def run(ctx: PartContext) -> None:
-    from experiments import microbatch
+    from experiments import microbatch, provenance
     from experiments.microbatch_report import collect
+
+    # the table's headline, in a call of its own
+    ctx.record("machine", provenance.describe_machine())
 
     sweep = ctx.files / "runs"
     extra = [f"--config.data_cache_dir={ctx.data_cache_dir}"] if ctx.data_cache_dir else []
