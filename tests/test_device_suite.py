@@ -1,6 +1,8 @@
 """The device suite: its tiny mode runs every part on a CPU, and one part's failure loses no other's results."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -216,3 +218,12 @@ def test_table_names_the_machine_in_a_call_without_bench():
         "parts": {"study": {"status": "ok", "wall_s": 1.0, "results": study}},
     }
     assert "suite: NVIDIA H200, JAX 0.11.2, source abc" in format_table(results)
+
+
+def test_the_rehearsal_script_parses_and_uses_the_gpu_machines_jax():
+    """scripts/rehearse_device is valid bash, executable, and pins the JAX that the README says is there."""
+    script = REPO / "scripts" / "rehearse_device"
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    pinned = re.search(r"^JAX_VERSION=(\S+)$", script.read_text(), re.M).group(1)
+    assert f"JAX {pinned} with CUDA" in (REPO / "README.md").read_text()
