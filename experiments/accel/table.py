@@ -236,10 +236,7 @@ def _prepared(suite: dict) -> str:
 def format_table(results: dict) -> str:
     """Markdown: a status line per part, then measurement | value | goal."""
     # bench records the machine; so do the parts that run in calls of their own (imagenet, study)
-    machine = next(
-        (_part(results, n)["machine"] for n in results["parts"] if "machine" in _part(results, n)),
-        {},
-    )
+    machine = next((m for n in results["parts"] if (m := _part(results, n).get("machine"))), {})
     suite = results["suite"]
     head = (
         f"wsjax device suite{' (tiny: checks the suite, measures nothing)' if suite['tiny'] else ''}: "

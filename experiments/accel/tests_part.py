@@ -36,6 +36,10 @@ FILES = [
     "tests/test_data_cache.py",  # the TFDS tests skip where TFDS is missing; the rest runs without TF
 ]
 WORKERS = 8  # processes sharing the GPU (no preallocation); compiling, their main cost, is on the CPU cores
+TEST_ENV = {  # what the tests run under (scripts/rehearse_device sets the same)
+    "JAX_DEFAULT_MATMUL_PRECISION": "highest",
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",  # several test processes share one GPU
+}
 GRACE_S = 10  # for pytest to stop and write its report once interrupted
 
 
@@ -44,11 +48,7 @@ def _pytest(args: list[str], junit: pathlib.Path, timeout_s: float) -> tuple[int
 
     Returns the exit code (None if it had to be interrupted) and the output's tail.
     """
-    env = {
-        **os.environ,
-        "JAX_DEFAULT_MATMUL_PRECISION": "highest",
-        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",  # several test processes share one GPU
-    }
+    env = {**os.environ, **TEST_ENV}
     command = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
         "--durations=10", f"--junitxml={junit}", *args,
