@@ -1,4 +1,4 @@
-"""Sphinx configuration: the API reference built from wsjax's docstrings.
+"""Sphinx configuration: the user guide (docs/guide/, Markdown) and the API reference built from wsjax's docstrings.
 
 Build (warnings are errors, as in the tests): ``sphinx-build -W --keep-going -b html docs docs/_build/html``.
 """
@@ -21,7 +21,10 @@ author = "wsjax developers"
 copyright = "wsjax developers, Apache 2.0"
 release = version = wsjax.__version__
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "myst_parser"]
+# The guide is Markdown: $...$ and $$...$$ are math, as in the docstrings' equations.
+myst_enable_extensions = ["dollarmath"]
+myst_heading_anchors = 3
 exclude_patterns = ["_build"]
 
 # Each page runs `automodule` with `:members:`: a module's `__all__` decides what is documented, so renaming
