@@ -46,13 +46,16 @@ def test_every_public_name_is_documented(html):
     assert "conv_general_dilated" in (html / "api" / "cpu.html").read_text()
 
 
-def test_index_renders_the_equations_as_math(html):
-    index = (html / "index.html").read_text()
+def test_the_guide_renders_the_equations_as_math(html):
+    conventions = (html / "guide" / "conventions.html").read_text()
+    normalization = (html / "guide" / "normalization.html").read_text()
     # MathJax typesets these in the browser; Sphinx's part is to emit them as math, not as text.
-    assert index.count('class="math') >= 10
-    assert r"\sqrt{\sigma_o^2 + \epsilon}" in index  # WS, the default convention
-    assert r"\mathrm{BCN}(x) = \mathrm{CN}(\mathrm{EBN}(x))" in index
+    assert conventions.count('class="math') >= 10
+    assert r"\sqrt{\sigma_o^2 + \epsilon}" in conventions  # WS, the default convention
+    assert r"\mathrm{BCN}(x) = \mathrm{CN}(\mathrm{EBN}(x))" in normalization
     for preset in ("pytorch", "qiao", "bit", "timm"):
         assert (
-            f'<code class="docutils literal notranslate"><span class="pre">{preset}</span>' in index
+            f'<code class="docutils literal notranslate"><span class="pre">{preset}</span>'
+            in conventions
         )
+    assert "microbatch.png" in (html / "guide" / "study.html").read_text()
