@@ -16,6 +16,7 @@ from tests.helpers import REPO, SHARED_TFDS, needs_fashion_mnist, tiny_config
 FAKE = "tests.suite_fake_part"
 
 
+@pytest.mark.slow
 def test_a_failing_or_hanging_part_loses_nothing_else(tmp_path, monkeypatch, capsys):
     parts = {"fails": (FAKE, 60), "hangs": (FAKE, 12), "ok": (FAKE, 60)}
     monkeypatch.setattr(device_suite, "PARTS", parts)

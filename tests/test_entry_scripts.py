@@ -56,14 +56,19 @@ def test_first_use_creates_and_installs_then_runs_pytest_from_the_repository(env
     assert f"-m venv {tmp_path / 'venv'}" in log
     assert "-m pip install -e .[test]" in log
     assert "first use" in result.stderr and "pip install -e '.[test]'" in result.stderr
-    assert f"ran: -m pytest -n 2 -q tests/test_readme.py | cwd: {REPO} |" in result.stdout
+    assert f"ran: -m pytest -n 2 -m not slow -q tests/test_readme.py | cwd: {REPO} |" in result.stdout
     assert (tmp_path / "venv" / "wsjax-installed").exists()
 
     # Second use: nothing to install.
     result, log = run("test", [], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert not [line for line in log if line.startswith("-m venv") or line.startswith("-m pip")]
-    assert "ran: -m pytest -n 2 |" in result.stdout
+    assert "ran: -m pytest -n 2 -m not slow |" in result.stdout
+
+    # --all: every test, the caller's arguments after it.
+    result, _ = run("test", ["--all", "-x"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ran: -m pytest -n 2 -x |" in result.stdout
 
 
 def test_a_changed_pyproject_reinstalls(env, tmp_path):

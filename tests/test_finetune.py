@@ -56,6 +56,7 @@ def _config(tmp_path, checkpoint, **overrides):
     return config
 
 
+@pytest.mark.slow
 def test_finetune_end_to_end_on_mock_data_starts_from_the_checkpoint(
     tmp_path, tiny_checkpoint, monkeypatch
 ):

@@ -46,6 +46,7 @@ def test_fold_user_model():
         lambda: ResNet(stage_sizes=(1, 1), width=16, norm=norm_layer("gn", num_groups=8)),
     ],
 )
+@pytest.mark.slow
 def test_fold_models_after_training_steps(make_model):
     model = make_model()
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))

@@ -81,6 +81,7 @@ def _train(replicas: int, norm: str, num_steps: int = 5):
     return jax.device_get((state.params, metrics["loss"]))
 
 
+@pytest.mark.slow
 def test_split_changes_nothing_but_the_batch_statistics():
     # GN has no batch statistics: 1 replica of 16 and 8 replicas of 2 are the same training (same examples,
     # same augmentation, same mean gradient) up to float rounding, over an epoch boundary.

@@ -74,6 +74,7 @@ def test_convs_are_injected():
     )
 
 
+@pytest.mark.slow
 def test_models_get_the_cpu_convolution_by_default_with_the_same_parameters():
     """VGG16's last stage on 32x32 inputs has 2x2 maps: the default takes shifted matmuls there."""
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))

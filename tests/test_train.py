@@ -11,6 +11,7 @@ from experiments.metrics import read_metrics
 from tests.helpers import SHARED_TFDS, needs_fashion_mnist, tiny_config
 
 
+@pytest.mark.slow
 def test_end_to_end_synthetic(tmp_path, capsys):
     result = train.train_and_evaluate(tiny_config(), str(tmp_path))
     records = read_metrics(tmp_path)
@@ -40,6 +41,7 @@ def test_evaluation_covers_the_whole_test_split():
     np.testing.assert_array_equal(labels[mask == 1], synthetic_labels)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path):
     a = train.train_and_evaluate(tiny_config(), str(tmp_path / "a"))
     b = train.train_and_evaluate(tiny_config(), str(tmp_path / "b"))
@@ -49,6 +51,7 @@ def test_same_seed_same_metrics(tmp_path):
     assert c["loss"] != a["loss"]
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_matches_uninterrupted(tmp_path):
     full = train.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
     train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path / "split"))
@@ -56,6 +59,7 @@ def test_rerun_resumes_and_matches_uninterrupted(tmp_path):
     assert resumed == full
 
 
+@pytest.mark.slow
 def test_run_info_sums_the_wall_time_of_resumed_segments(tmp_path):
     train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path))
     first = json.loads((tmp_path / "run_info.json").read_text())
@@ -74,6 +78,7 @@ def test_run_info_sums_the_wall_time_of_resumed_segments(tmp_path):
     assert len(json.loads((tmp_path / "fresh" / "run_info.json").read_text())["segments"]) == 1
 
 
+@pytest.mark.slow
 def test_profile_steps_writes_a_trace(tmp_path, capsys):
     train.train_and_evaluate(tiny_config(profile_steps=2), str(tmp_path))
     traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
