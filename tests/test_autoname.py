@@ -58,6 +58,7 @@ def _paths(tree):
         (functools.partial(wsjax.WSConv, standardization="bit", apply_to="output"), nn.Dense),
     ],
 )
+@pytest.mark.slow
 def test_swapped_model_has_the_plain_models_tree_and_loads_its_checkpoint(conv, dense):
     plain = TinyResNet()
     plain_vars = plain.init(jax.random.key(1), X, train=False)

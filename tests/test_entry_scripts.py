@@ -56,7 +56,9 @@ def test_first_use_creates_and_installs_then_runs_pytest_from_the_repository(env
     assert f"-m venv {tmp_path / 'venv'}" in log
     assert "-m pip install -e .[test]" in log
     assert "first use" in result.stderr and "pip install -e '.[test]'" in result.stderr
-    assert f"ran: -m pytest -n 2 -m not slow -q tests/test_readme.py | cwd: {REPO} |" in result.stdout
+    assert (
+        f"ran: -m pytest -n 2 -m not slow -q tests/test_readme.py | cwd: {REPO} |" in result.stdout
+    )
     assert (tmp_path / "venv" / "wsjax-installed").exists()
 
     # Second use: nothing to install.

@@ -48,8 +48,8 @@ def test_the_guide_has_its_pages():
         assert f"guide/{page.stem}" in index, f"{page.name} is not in the guide's table of contents"
 
 
-# The models page builds full-size ResNets to load its checkpoints: seconds, so in the slow tier.
-_SLOW_PAGES = {"models"}
+# Pages whose snippets build full-size networks (VGG16, ResNet-50): seconds each, so in the slow tier.
+_SLOW_PAGES = {"layers", "models"}
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ def test_resnet18_parameter_count():
 
 @pytest.mark.parametrize("norm", ["bn", "gn", "bcn", "none"])
 @pytest.mark.parametrize("shape", [(2, 32, 32, 3), (2, 28, 28, 1)])
+@pytest.mark.slow
 def test_models_run_on_cifar_and_fashion_mnist_shapes(norm, shape):
     x = jax.random.normal(jax.random.key(0), shape)
     for model in [

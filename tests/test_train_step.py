@@ -70,6 +70,7 @@ def test_eight_devices_synced_equal_one_device(norm):
 
 
 @pytest.mark.parametrize("norm", ["bn", "bcn"])
+@pytest.mark.slow
 def test_eight_devices_per_device_statistics_differ(norm):
     params1, stats1, metrics1 = _step(1, norm, synced=True)
     params8, stats8, metrics8 = _step(8, norm, synced=False)
@@ -95,6 +96,7 @@ def test_eight_devices_per_device_statistics_differ(norm):
 
 @pytest.mark.parametrize("norm", ["bn", "gn", "bcn"])
 @pytest.mark.parametrize("devices, replicas", [(1, 8), (2, 4)])
+@pytest.mark.slow
 def test_replicas_on_fewer_devices_equal_one_replica_per_device(norm, devices, replicas):
     """r vmapped replicas per device are the same maths as r times more devices: per-replica statistics,
     the same examples per replica (3 steps over shards of 2 batches: the data order must match too), and
