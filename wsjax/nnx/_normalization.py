@@ -1,7 +1,9 @@
 """Flax NNX mirrors of the normalizations of :mod:`wsjax` (the same arithmetic, the same names).
 
-Running statistics are ``nnx.BatchStat`` variables ``mean`` / ``var``; ``model.train()`` / ``model.eval()``
-toggle ``use_running_average`` as for ``nnx.BatchNorm``.
+Running statistics are ``nnx.BatchStat`` variables ``mean`` / ``var``. Evaluation is switched as for
+``nnx.BatchNorm``, by every means Flax has: ``nnx.view(model, use_running_average=True)`` (each layer's
+``set_view``), ``model.eval()`` / ``model.train()`` (the ``use_running_average`` attribute), or the call's own
+``use_running_average`` argument.
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ class EstimatedBatchNorm(nnx.Module):
         self.axis_name = axis_name
         self.axis_index_groups = axis_index_groups
         self.variance_around = variance_around
+
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """Class method used by ``nnx.view``, as ``nnx.BatchNorm``'s.
+
+        Args:
+          use_running_average: True: evaluation (the running statistics are used and not updated); False:
+            training; None: unchanged.
+        """
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """Updates the running statistics (in training), then normalizes ``x`` with them.
