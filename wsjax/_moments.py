@@ -56,6 +56,30 @@ def centered_and_sum_sq(w: jax.Array) -> tuple[jax.Array, jax.Array]:
     return d - mean_d, sum_sq
 
 
+@jax.custom_jvp
+def std_from_var(var: jax.Array) -> jax.Array:
+    r"""``sqrt(var)``, with the derivative taken as 0 where ``var = 0`` (plain ``sqrt``'s is infinite there).
+
+    The conventions that add eps to the standard deviation, :math:`\hat w = c / (\sigma + \epsilon)` with
+    :math:`c = w - \mu`, meet :math:`\sigma = 0` for a channel of equal entries (a zero-initialized or pruned
+    channel). Their true derivative there is :math:`(I - \tfrac{1}{n} \mathbf{1}\mathbf{1}^\top) / \epsilon`:
+    the :math:`\sigma` term enters multiplied by :math:`c = 0`, and :math:`\partial \sigma^2 / \partial w =
+    2c / (n - k)` is 0 too. Autodiff through plain ``sqrt`` computes it as :math:`0 \cdot \infty` = NaN, which
+    one such channel spreads to every parameter through the optimizer. Elsewhere this is ``sqrt``'s own
+    derivative, and the value is ``jnp.sqrt(var)`` bit for bit.
+    """
+    return jnp.sqrt(var)
+
+
+@std_from_var.defjvp
+def _std_from_var_jvp(primals, tangents):
+    (var,), (d_var,) = primals, tangents
+    std = jnp.sqrt(var)
+    positive = var > 0
+    d_std = jnp.where(positive, d_var / (2 * jnp.where(positive, std, 1)), jnp.zeros_like(d_var))
+    return std, d_std
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def mean_and_var(w: jax.Array, ddof: int) -> tuple[jax.Array, jax.Array]:
     """Per-output-channel mean and ``Σ(w - mean)² / (fan_in - ddof)`` from the raw sums ``Σw`` and ``Σw²``.

@@ -39,7 +39,7 @@ import numpy as np
 from jax import lax
 
 from wsjax._dtypes import stats_dtype
-from wsjax._moments import centered_and_sum_sq, check_eps, fan_in, mean_and_var
+from wsjax._moments import centered_and_sum_sq, check_eps, fan_in, mean_and_var, std_from_var
 
 _FIELDS = ("eps", "unbiased", "eps_outside_sqrt")
 
@@ -103,7 +103,7 @@ class Standardization:
             centered, sum_sq = centered_and_sum_sq(w)
             var = sum_sq / (n - 1 if self.unbiased else n)
             if self.eps_outside_sqrt:
-                w_hat = centered / (jnp.sqrt(var) + self.eps)
+                w_hat = centered / (std_from_var(var) + self.eps)
             else:
                 w_hat = centered * lax.rsqrt(var + self.eps)
             return w_hat.astype(w.dtype)
@@ -130,7 +130,7 @@ class Standardization:
         with jax.named_scope("weight_standardization_statistics"):
             mean, var = mean_and_var(w.astype(stats_dtype(w.dtype)), 1 if self.unbiased else 0)
             if self.eps_outside_sqrt:
-                return mean, 1.0 / (jnp.sqrt(var) + self.eps)
+                return mean, 1.0 / (std_from_var(var) + self.eps)
             return mean, lax.rsqrt(var + self.eps)
 
     # The mapping protocol (``**s``, ``dict(s)``), for the keyword form of older code.
