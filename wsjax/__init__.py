@@ -15,9 +15,10 @@ modules whose names start with an underscore are internal.
 import warnings as _warnings
 
 from wsjax import cpu
+from wsjax._channel_norm import ChannelNorm
 from wsjax._folding import fold_weight_standardization
 from wsjax._layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
-from wsjax._normalization import BatchChannelNorm, ChannelNorm, EstimatedBatchNorm
+from wsjax._normalization import BatchChannelNorm, EstimatedBatchNorm
 from wsjax._output_standardization import APPLY_TO
 from wsjax._scaled_standardization import scaled_standardize
 from wsjax._standardization import (

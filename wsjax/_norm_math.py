@@ -5,6 +5,7 @@ Statistics are always computed in at least float32; outputs are cast to the laye
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,19 +21,30 @@ def batch_moments(
     reduce_axes: Sequence[int],
     axis_name: str | None = None,
     axis_index_groups: Any = None,
+    fast_variance: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """Mean and biased variance over ``reduce_axes``, and over the mapped axis ``axis_name`` if given.
 
-    ``var = E[x^2] - E[x]^2``: both moments travel in a single ``pmean`` so that the statistics of the
-    global batch cost one collective. Without ``axis_name`` they are those of this device's batch alone.
+    ``fast_variance`` (``nn.BatchNorm``'s ``use_fast_variance``): ``var = E[x^2] - E[x]^2``, both moments
+    travelling in a single ``pmean`` so that the statistics of the global batch cost one collective; else
+    ``E[(x - E[x])^2]``, exact where the mean is large against the spread, at a second pass (and a second
+    collective). Without ``axis_name`` they are those of this device's batch alone.
     """
     with jax.named_scope("batch_statistics"):
         x = x.astype(stats_dtype(x.dtype))
-        moments = jnp.stack(
-            [jnp.mean(x, axis=reduce_axes), jnp.mean(jnp.square(x), axis=reduce_axes)]
+
+        def pmean(v: jax.Array) -> jax.Array:
+            if axis_name is None:
+                return v
+            return lax.pmean(v, axis_name, axis_index_groups=axis_index_groups)
+
+        if not fast_variance:
+            mean = pmean(jnp.mean(x, axis=reduce_axes))
+            shape = [1 if a in reduce_axes else n for a, n in enumerate(x.shape)]
+            return mean, pmean(jnp.mean(jnp.square(x - mean.reshape(shape)), axis=reduce_axes))
+        moments = pmean(
+            jnp.stack([jnp.mean(x, axis=reduce_axes), jnp.mean(jnp.square(x), axis=reduce_axes)])
         )
-        if axis_name is not None:
-            moments = lax.pmean(moments, axis_name, axis_index_groups=axis_index_groups)
         mean, mean_sq = moments[0], moments[1]
         return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.0)
 
@@ -111,6 +123,37 @@ def affine_normalize(
         if bias is not None:
             y = y + feature_vector(bias)
         return y.astype(dtype)
+
+
+#: The paper's channel-norm groups; with neither ``num_groups`` nor ``group_size`` the groups are the
+#: largest divisor of the channels up to this (``gcd(C, 32)``), so that a norm swapped in for
+#: ``nn.BatchNorm`` works on any channel count, and on the paper's networks is the paper's 32.
+DEFAULT_GROUPS = 32
+
+
+def resolve_groups(
+    num_channels: int, num_groups: int | None, group_size: int | None, caller: str
+) -> int:
+    """The number of channel groups, from ``num_groups`` or ``group_size`` (one of them, or neither).
+
+    Raises:
+      ValueError: both given, or the channels not divisible as asked.
+    """
+    if num_groups is not None and group_size is not None:
+        raise ValueError(
+            f"{caller}: give num_groups or group_size, not both (got {num_groups} and {group_size})."
+        )
+    if group_size is not None:
+        if group_size < 1 or num_channels % group_size:
+            raise ValueError(
+                f"{caller}: {num_channels} channels are not divisible into groups of "
+                f"group_size={group_size}."
+            )
+        return num_channels // group_size
+    if num_groups is None:
+        return math.gcd(num_channels, DEFAULT_GROUPS)
+    check_groups(num_channels, num_groups, caller)
+    return num_groups
 
 
 def check_groups(num_channels: int, num_groups: int, caller: str) -> None:

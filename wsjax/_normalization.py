@@ -13,7 +13,7 @@ BCN is an *estimated* batch norm followed by a channel norm, :math:`\mathrm{BCN}
 
   (labml's reference; ``variance_around="running_mean"`` takes the official EstBN's variance instead).
 
-* :class:`ChannelNorm`: a group norm whose affine :math:`\gamma_g, \beta_g` are per group, not per channel.
+* :class:`ChannelNorm` (``wsjax._channel_norm``): a group norm whose affine :math:`\gamma_g, \beta_g` are per group, not per channel.
 
 State lives in the ``batch_stats`` collection (``mean``, ``var``), momentum is in Flax's sense (PyTorch's 0.1
 is 0.9 here), and ``axis_name`` averages the batch statistics over a mapped axis (synced batch norm);
@@ -33,6 +33,7 @@ from jax import lax
 
 from wsjax import _flax_norms
 from wsjax import _norm_math as norm_math
+from wsjax._channel_norm import ChannelNorm
 from wsjax._dtypes import output_dtype
 
 Initializer = Callable[..., jax.Array]
@@ -71,8 +72,13 @@ class EstimatedBatchNorm(nn.Module):
       axis_name: average the batch statistics over this mapped axis (synced batch norm); None: this
         device's micro-batch alone.
       axis_index_groups: as for ``lax.pmean``.
+      use_fast_variance: the batch variance as :math:`\mathrm{E}[x^2] - \mathrm{E}[x]^2` (one pass, one
+        collective), else two-pass; as ``nn.BatchNorm``'s.
       variance_around: ``"batch_mean"`` (labml, default) or ``"running_mean"`` (the official EstBN), the
         centre of the batch variance that updates :math:`\hat\sigma^2`, as above.
+
+    Every keyword of ``nn.BatchNorm`` is accepted with its meaning, so ``nn.BatchNorm`` can be replaced by
+    this module in a model and nothing else changed.
     """
 
     use_running_average: bool | None = None  # True: evaluation (no update); False: training
@@ -87,6 +93,7 @@ class EstimatedBatchNorm(nn.Module):
     scale_init: Initializer = nn.initializers.ones
     axis_name: str | None = None  # average batch statistics over this mapped axis
     axis_index_groups: Any = None
+    use_fast_variance: bool = True
     variance_around: str = "batch_mean"
 
     def __post_init__(self) -> None:
@@ -125,7 +132,11 @@ class EstimatedBatchNorm(nn.Module):
         if not use_running_average and not self.is_initializing():
             reduce_axes = tuple(a for a in range(x.ndim) if a != feature_axis)
             mean, var = norm_math.batch_moments(
-                lax.stop_gradient(x), reduce_axes, self.axis_name, self.axis_index_groups
+                lax.stop_gradient(x),
+                reduce_axes,
+                self.axis_name,
+                self.axis_index_groups,
+                self.use_fast_variance,
             )
             running_mean.value, running_var.value = norm_math.estimated_update(
                 running_mean.value,
@@ -148,29 +159,46 @@ class EstimatedBatchNorm(nn.Module):
         )
 
 
-class ChannelNorm(nn.Module):
-    r"""Group norm with per-group affine parameters (BCN's second half).
+class BatchChannelNorm(nn.Module):
+    r"""Batch-Channel Normalization: :math:`\mathrm{CN}(\mathrm{EBN}(x))`, the batch norm estimated by default.
 
-    .. math::
-
-       z_{b,\ldots,c} = \gamma_g \, \frac{x_{b,\ldots,c} - \mu_{b,g}}{\sqrt{\sigma_{b,g}^2 + \epsilon}}
-       + \beta_g, \qquad c \in \text{group } g
-
-    with :math:`\mu_{b,g}, \sigma_{b,g}^2` the mean and biased variance of example ``b`` over the spatial
-    positions and the ``C / num_groups`` channels of group ``g``.
+    :class:`EstimatedBatchNorm` then :class:`ChannelNorm` (see their equations), as submodules named
+    ``batch_norm`` and ``channel_norm``. It takes every keyword of ``nn.BatchNorm`` with its meaning, so that
+    ``nn.BatchNorm`` can be replaced by it in a model and nothing else changed
+    (``norm=partial(BatchChannelNorm, use_running_average=..., momentum=0.9, epsilon=1e-5, dtype=...)``,
+    ``norm(scale_init=nn.initializers.zeros)`` on a residual block's last norm).
 
     Args:
-      num_groups: the groups ``G``; must divide the channels.
-      epsilon: :math:`\epsilon`, added to the variance.
-      dtype: the output dtype; None: the promotion of the input's and ``param_dtype``.
-      param_dtype: the dtype of :math:`\gamma` and :math:`\beta` (each of shape ``(num_groups,)``).
-      use_bias: learn :math:`\beta`.
-      use_scale: learn :math:`\gamma`.
-      bias_init: initializer of :math:`\beta`.
-      scale_init: initializer of :math:`\gamma`.
+      num_groups: the channel norm's groups ``G``; must divide the channels.
+      group_size: or the channels per group. With neither, ``G = gcd(C, 32)``: the paper's 32 where the
+        channels allow, and a norm that works on any channel count.
+      estimate: True: :class:`EstimatedBatchNorm`; False: Flax's ordinary ``nn.BatchNorm`` (normalize with
+        the batch's own statistics).
+      use_running_average: True: evaluation; False: training. Or pass it to the call.
+      axis: the feature axis (moved last for the channel norm, and back).
+      momentum: the batch norm's momentum, in Flax's sense (PyTorch's 0.1 is 0.9).
+      epsilon: added to every variance.
+      dtype: the output dtype.
+      param_dtype: the parameters' dtype.
+      use_bias: learn the output's shift, the channel norm's per-group :math:`\beta_g`.
+      use_scale: learn the output's scale, the channel norm's per-group :math:`\gamma_g`.
+      bias_init: initializer of :math:`\beta_g`.
+      scale_init: initializer of :math:`\gamma_g` (``zeros`` starts a residual branch at zero, as with
+        ``nn.BatchNorm``). The batch norm's own per-channel affine always starts at 1 and 0: zeros there would
+        leave the channel norm a constant map, with no gradient to learn from.
+      axis_name: the batch norm's mapped axis (synced statistics); None: per device.
+      axis_index_groups: as for ``lax.pmean``.
+      use_fast_variance: the batch norm's, as ``nn.BatchNorm``'s.
+      variance_around: the estimated batch norm's ``variance_around``: ``"batch_mean"`` (labml, default)
+        or ``"running_mean"`` (the official EstBN); the latter needs ``estimate=True``.
     """
 
-    num_groups: int = 32
+    num_groups: int | None = None
+    group_size: int | None = None
+    estimate: bool = True
+    use_running_average: bool | None = None
+    axis: int = -1
+    momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -178,70 +206,9 @@ class ChannelNorm(nn.Module):
     use_scale: bool = True
     bias_init: Initializer = nn.initializers.zeros
     scale_init: Initializer = nn.initializers.ones
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Normalizes ``x`` per example and group.
-
-        Args:
-          x: ``(batch, *spatial, C)``.
-
-        Returns:
-          ``z``, the shape of ``x``.
-
-        Raises:
-          ValueError: ``C`` not divisible by ``num_groups``.
-        """
-        norm_math.check_groups(x.shape[-1], self.num_groups, "ChannelNorm")
-        groups = (self.num_groups,)
-        scale = (
-            self.param("scale", self.scale_init, groups, self.param_dtype)
-            if self.use_scale
-            else None
-        )
-        bias = (
-            self.param("bias", self.bias_init, groups, self.param_dtype) if self.use_bias else None
-        )
-        return norm_math.channel_normalize(
-            x,
-            self.num_groups,
-            self.epsilon,
-            scale,
-            bias,
-            output_dtype(x, self.dtype, self.param_dtype),
-        )
-
-
-class BatchChannelNorm(nn.Module):
-    r"""Batch-Channel Normalization: :math:`\mathrm{CN}(\mathrm{EBN}(x))`, the batch norm estimated by default.
-
-    :class:`EstimatedBatchNorm` then :class:`ChannelNorm` (see their equations), as submodules named
-    ``batch_norm`` and ``channel_norm``.
-
-    Args:
-      num_groups: the channel norm's groups.
-      estimate: True: :class:`EstimatedBatchNorm`; False: Flax's ordinary ``nn.BatchNorm`` (normalize with
-        the batch's own statistics).
-      use_running_average: True: evaluation; False: training. Or pass it to the call.
-      momentum: the batch norm's momentum, in Flax's sense (PyTorch's 0.1 is 0.9).
-      epsilon: added to every variance.
-      dtype: the output dtype.
-      param_dtype: the parameters' dtype.
-      axis_name: the batch norm's mapped axis (synced statistics); None: per device.
-      axis_index_groups: as for ``lax.pmean``.
-      variance_around: the estimated batch norm's ``variance_around``: ``"batch_mean"`` (labml, default)
-        or ``"running_mean"`` (the official EstBN); the latter needs ``estimate=True``.
-    """
-
-    num_groups: int = 32
-    estimate: bool = True
-    use_running_average: bool | None = None
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
     axis_name: str | None = None
     axis_index_groups: Any = None
+    use_fast_variance: bool = True
     variance_around: str = "batch_mean"
 
     def __post_init__(self) -> None:
@@ -253,19 +220,23 @@ class BatchChannelNorm(nn.Module):
         """The batch norm, then the channel norm.
 
         Args:
-          x: ``(batch, *spatial, C)``.
+          x: features along ``axis``, the batch first: ``(batch, *spatial, C)`` by default.
           use_running_average: overrides the field of the same name.
 
         Returns:
           The shape of ``x``.
 
         Raises:
-          ValueError: ``C`` not divisible by ``num_groups``.
+          ValueError: ``C`` not divisible as asked, or both ``num_groups`` and ``group_size``.
         """
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
-        norm_math.check_groups(x.shape[-1], self.num_groups, "BatchChannelNorm")
+        feature_axis = self.axis % x.ndim
+        x = jnp.moveaxis(x, feature_axis, -1)  # the channel norm groups the last axis
+        num_groups = norm_math.resolve_groups(
+            x.shape[-1], self.num_groups, self.group_size, "BatchChannelNorm"
+        )
         batch_norm = (
             functools.partial(EstimatedBatchNorm, variance_around=self.variance_around)
             if self.estimate
@@ -278,12 +249,18 @@ class BatchChannelNorm(nn.Module):
             param_dtype=self.param_dtype,
             axis_name=self.axis_name,
             axis_index_groups=self.axis_index_groups,
+            use_fast_variance=self.use_fast_variance,
             name="batch_norm",
         )(x, use_running_average=use_running_average)
-        return ChannelNorm(
-            num_groups=self.num_groups,
+        x = ChannelNorm(
+            num_groups=num_groups,
             epsilon=self.epsilon,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            use_bias=self.use_bias,
+            use_scale=self.use_scale,
+            bias_init=self.bias_init,
+            scale_init=self.scale_init,
             name="channel_norm",
         )(x)
+        return jnp.moveaxis(x, -1, feature_axis)

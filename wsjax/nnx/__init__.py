@@ -1,7 +1,8 @@
 """Flax NNX mirrors of every wsjax module: same maths, same parameter names as the Linen versions."""
 
+from wsjax.nnx._channel_norm import ChannelNorm
 from wsjax.nnx._layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
-from wsjax.nnx._normalization import BatchChannelNorm, ChannelNorm, EstimatedBatchNorm
+from wsjax.nnx._normalization import BatchChannelNorm, EstimatedBatchNorm
 
 __all__ = [
     "BatchChannelNorm",

@@ -9,6 +9,8 @@ Running statistics are ``nnx.BatchStat`` variables ``mean`` / ``var``. Evaluatio
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -18,18 +20,8 @@ from jax import lax
 
 from wsjax import _norm_math as norm_math
 from wsjax._dtypes import output_dtype
-
-
-def _affine_params(
-    shape: tuple[int, ...], use_scale: bool, use_bias: bool, param_dtype: Any
-) -> tuple[nnx.Param | None, nnx.Param | None]:
-    scale = nnx.Param(jnp.ones(shape, param_dtype)) if use_scale else None
-    bias = nnx.Param(jnp.zeros(shape, param_dtype)) if use_bias else None
-    return scale, bias
-
-
-def _value(variable: nnx.Variable | None) -> jax.Array | None:
-    return None if variable is None else variable[...]
+from wsjax.nnx._channel_norm import ChannelNorm
+from wsjax.nnx._params import Initializer, affine_params, value
 
 
 class EstimatedBatchNorm(nnx.Module):
@@ -60,8 +52,13 @@ class EstimatedBatchNorm(nnx.Module):
       use_scale: learn :math:`\gamma`.
       axis_name: average the batch statistics over this mapped axis; None: per device.
       axis_index_groups: as for ``lax.pmean``.
+      use_fast_variance: the batch variance in one pass, as ``nnx.BatchNorm``'s.
       variance_around: ``"batch_mean"`` (labml, default) or ``"running_mean"`` (the official EstBN).
-      rngs: accepted for symmetry with ``nnx.BatchNorm``; nothing is random.
+      bias_init, scale_init, bias_metadata, scale_metadata: as ``nnx.BatchNorm``'s.
+      rngs: the initializers' keys, as for ``nnx.BatchNorm``; ``nnx.Rngs(0)`` if None.
+
+    Every keyword of ``nnx.BatchNorm`` but ``promote_dtype`` is accepted with its meaning (the output dtype
+    is ``dtype``, else the promotion of the input's and ``param_dtype``, with float32 statistics).
     """
 
     def __init__(
@@ -76,15 +73,30 @@ class EstimatedBatchNorm(nnx.Module):
         param_dtype: Any = jnp.float32,
         use_bias: bool = True,
         use_scale: bool = True,
+        bias_init: Initializer = nnx.initializers.zeros,
+        scale_init: Initializer = nnx.initializers.ones,
         axis_name: str | None = None,
         axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
         variance_around: str = "batch_mean",
-        rngs: nnx.Rngs | None = None,  # accepted for symmetry with nnx.BatchNorm; nothing is random
+        rngs: nnx.Rngs | None = None,
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+        scale_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
         norm_math.check_variance_around(variance_around, "EstimatedBatchNorm")
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
-        self.scale, self.bias = _affine_params((num_features,), use_scale, use_bias, param_dtype)
+        self.scale, self.bias = affine_params(
+            (num_features,),
+            use_scale,
+            use_bias,
+            param_dtype,
+            rngs,
+            scale_init,
+            bias_init,
+            scale_metadata,
+            bias_metadata,
+        )
         self.use_running_average = use_running_average
         self.axis = axis
         self.momentum = momentum
@@ -93,6 +105,7 @@ class EstimatedBatchNorm(nnx.Module):
         self.param_dtype = param_dtype
         self.axis_name = axis_name
         self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
         self.variance_around = variance_around
 
     def set_view(self, use_running_average: bool | None = None) -> None:
@@ -124,7 +137,11 @@ class EstimatedBatchNorm(nnx.Module):
         if not use_running_average:
             reduce_axes = tuple(a for a in range(x.ndim) if a != feature_axis)
             mean, var = norm_math.batch_moments(
-                lax.stop_gradient(x), reduce_axes, self.axis_name, self.axis_index_groups
+                lax.stop_gradient(x),
+                reduce_axes,
+                self.axis_name,
+                self.axis_index_groups,
+                self.use_fast_variance,
             )
             self.mean[...], self.var[...] = norm_math.estimated_update(
                 self.mean[...], self.var[...], mean, var, self.momentum, self.variance_around
@@ -133,64 +150,10 @@ class EstimatedBatchNorm(nnx.Module):
             x,
             self.mean[...],
             self.var[...],
-            _value(self.scale),
-            _value(self.bias),
+            value(self.scale),
+            value(self.bias),
             self.epsilon,
             feature_axis,
-            output_dtype(x, self.dtype, self.param_dtype),
-        )
-
-
-class ChannelNorm(nnx.Module):
-    r"""Group norm with per-group affine parameters, as :class:`wsjax.ChannelNorm`.
-
-    .. math::
-
-       z_{b,\ldots,c} = \gamma_g \, \frac{x_{b,\ldots,c} - \mu_{b,g}}{\sqrt{\sigma_{b,g}^2 + \epsilon}}
-       + \beta_g, \qquad c \in \text{group } g
-
-    Args:
-      num_features: the channels ``C``.
-      num_groups: the groups; must divide ``C``.
-      epsilon: :math:`\epsilon`.
-      dtype: the output dtype.
-      param_dtype: the dtype of :math:`\gamma, \beta` (each of shape ``(num_groups,)``).
-      use_bias: learn :math:`\beta`.
-      use_scale: learn :math:`\gamma`.
-      rngs: accepted for symmetry; nothing is random.
-
-    Raises:
-      ValueError: ``num_features`` not divisible by ``num_groups``.
-    """
-
-    def __init__(
-        self,
-        num_features: int,
-        num_groups: int = 32,
-        *,
-        epsilon: float = 1e-5,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        use_bias: bool = True,
-        use_scale: bool = True,
-        rngs: nnx.Rngs | None = None,
-    ):
-        norm_math.check_groups(num_features, num_groups, "ChannelNorm")
-        self.scale, self.bias = _affine_params((num_groups,), use_scale, use_bias, param_dtype)
-        self.num_groups = num_groups
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Normalizes ``x`` (``(batch, *spatial, C)``) per example and group; returns its shape."""
-        norm_math.check_groups(x.shape[-1], self.num_groups, "ChannelNorm")
-        return norm_math.channel_normalize(
-            x,
-            self.num_groups,
-            self.epsilon,
-            _value(self.scale),
-            _value(self.bias),
             output_dtype(x, self.dtype, self.param_dtype),
         )
 
@@ -207,45 +170,61 @@ class BatchChannelNorm(nnx.Module):
     r""":math:`\mathrm{CN}(\mathrm{EBN}(x))`, as :class:`wsjax.BatchChannelNorm`.
 
     The batch norm (attribute ``batch_norm``) is :class:`EstimatedBatchNorm` unless ``estimate=False``
-    (``nnx.BatchNorm``); the channel norm is the attribute ``channel_norm``.
+    (``nnx.BatchNorm``); the channel norm is the attribute ``channel_norm``. It takes ``nnx.BatchNorm``'s
+    keywords with their meaning, so that it can replace ``nnx.BatchNorm`` in a model with nothing else changed.
 
     Args:
       num_features: the channels ``C``.
-      num_groups: the channel norm's groups.
+      num_groups: the channel norm's groups ``G``.
+      group_size: or the channels per group. With neither, ``G = gcd(C, 32)``.
       estimate: estimated (True) or ordinary (False) batch norm.
       use_running_average: True: evaluation.
+      axis: the feature axis (moved last for the channel norm, and back).
       momentum: the batch norm's momentum, in Flax's sense.
       epsilon: added to every variance.
       dtype: the output dtype.
       param_dtype: the parameters' dtype.
+      use_bias, use_scale, bias_init, scale_init: the output's affine, the channel norm's per-group
+        :math:`\beta_g, \gamma_g` (the batch norm's per-channel affine always starts at 1 and 0).
       axis_name: the batch norm's mapped axis; None: per device.
       axis_index_groups: as for ``lax.pmean``.
+      use_fast_variance: the batch norm's, as ``nnx.BatchNorm``'s.
       variance_around: the estimated batch norm's: ``"batch_mean"`` (labml, default) or
         ``"running_mean"`` (the official EstBN); the latter needs ``estimate=True``.
-      rngs: passed to ``nnx.BatchNorm``; ``nnx.Rngs(0)`` if None.
+      rngs: the initializers' keys; ``nnx.Rngs(0)`` if None.
 
     Raises:
-      ValueError: ``num_features`` not divisible by ``num_groups``.
+      ValueError: ``num_features`` not divisible as asked.
     """
 
     def __init__(
         self,
         num_features: int,
-        num_groups: int = 32,
+        num_groups: int | None = None,
         *,
+        group_size: int | None = None,
         estimate: bool = True,
         use_running_average: bool = False,
+        axis: int = -1,
         momentum: float = 0.9,
         epsilon: float = 1e-5,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = nnx.initializers.zeros,
+        scale_init: Initializer = nnx.initializers.ones,
         axis_name: str | None = None,
         axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
         variance_around: str = "batch_mean",
         rngs: nnx.Rngs | None = None,
     ):
-        norm_math.check_groups(num_features, num_groups, "BatchChannelNorm")
+        num_groups = norm_math.resolve_groups(
+            num_features, num_groups, group_size, "BatchChannelNorm"
+        )
         norm_math.check_bcn_variance_around(variance_around, estimate, "BatchChannelNorm")
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
         batch_norm = (
             functools.partial(EstimatedBatchNorm, variance_around=variance_around)
             if estimate
@@ -260,12 +239,26 @@ class BatchChannelNorm(nnx.Module):
             param_dtype=param_dtype,
             axis_name=axis_name,
             axis_index_groups=axis_index_groups,
-            rngs=rngs if rngs is not None else nnx.Rngs(0),
+            use_fast_variance=use_fast_variance,
+            rngs=rngs,
         )
         self.channel_norm = ChannelNorm(
-            num_features, num_groups, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype
+            num_features,
+            num_groups,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_bias=use_bias,
+            use_scale=use_scale,
+            bias_init=bias_init,
+            scale_init=scale_init,
+            rngs=rngs,
         )
+        self.axis = axis
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """The batch norm, then the channel norm; returns the shape of ``x``."""
-        return self.channel_norm(self.batch_norm(x, use_running_average=use_running_average))
+        feature_axis = self.axis % x.ndim
+        x = jnp.moveaxis(x, feature_axis, -1)  # the channel norm groups the last axis
+        x = self.channel_norm(self.batch_norm(x, use_running_average=use_running_average))
+        return jnp.moveaxis(x, -1, feature_axis)
