@@ -45,7 +45,13 @@ def fold_weight_standardization(
 
     Raises:
       ValueError: the call reduces over an unbound mapped axis (a synced batch norm with ``train=True``).
+      TypeError: ``model`` is an NNX module (fold it with :func:`wsjax.nnx.fold_weight_standardization`).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"fold_weight_standardization: {type(model).__name__} is not a Linen module; an NNX model folds "
+            "with wsjax.nnx.fold_weight_standardization(model), which returns the folded model."
+        )
     ws_layers: dict[tuple[str, ...], nn.Module] = {}
 
     def record_ws_layers(next_fun, call_args, call_kwargs, context):
