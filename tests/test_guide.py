@@ -107,8 +107,8 @@ def models_page(tmp_path, monkeypatch):
     import numpy as np
 
     from tests.official_reference import Spec, state_dict
-    from tests.test_pretrained_bit import flax_to_bit, flax_to_timm
-    from tests.test_resnetv2 import random_params
+    from tests.pretrained_sources import flax_to_bit, flax_to_timm
+    from tests.resnetv2_reference import random_params
     from wsjax.models import resnetv2
 
     x = jnp.zeros((1, 64, 64, 3))

@@ -4,7 +4,6 @@ The inverse mappings (Flax -> BiT .npz, Flax -> timm state dict) are written her
 loaders, from big_transfer's ``bit_pytorch/models.py`` ``load_from`` and timm's ``resnetv2.py`` names.
 """
 
-import re
 import sys
 import time
 
@@ -14,72 +13,10 @@ import numpy as np
 import pytest
 
 import wsjax
-from tests.test_resnetv2 import logits_of, random_params, resnetv2_reference
+from tests.pretrained_sources import flax_to_bit, flax_to_timm, same_params, shapes_only
+from tests.resnetv2_reference import logits_of, random_params, resnetv2_reference
 from wsjax.models import ResNetV2, resnetv2
 from wsjax.pretrained import WeightsMismatchError, from_bit, from_timm
-
-UNIT = re.compile(r"block(\d)_unit(\d\d)")
-
-
-def flax_to_bit(params):
-    """A BiT .npz's names and layouts: HWIO kernels, GN gamma/beta (C,), a (1, 1, C, K) conv head."""
-    out = {"resnet/root_block/standardized_conv2d/kernel": params["root_conv"]["kernel"]}
-    out["resnet/group_norm/gamma"] = params["norm_pre_head"]["scale"]
-    out["resnet/group_norm/beta"] = params["norm_pre_head"]["bias"]
-    if "head" in params:
-        out["resnet/head/conv2d/kernel"] = np.asarray(params["head"]["kernel"])[None, None]
-        out["resnet/head/conv2d/bias"] = params["head"]["bias"]
-    for name, unit in params.items():
-        match = UNIT.fullmatch(name)
-        if not match:
-            continue
-        prefix = f"resnet/block{match[1]}/unit{match[2]}"
-        for i, letter in zip("123", "abc", strict=True):
-            out[f"{prefix}/{letter}/standardized_conv2d/kernel"] = unit[f"conv{i}"]["kernel"]
-            out[f"{prefix}/{letter}/group_norm/gamma"] = unit[f"gn{i}"]["scale"]
-            out[f"{prefix}/{letter}/group_norm/beta"] = unit[f"gn{i}"]["bias"]
-        if "conv_proj" in unit:
-            out[f"{prefix}/a/proj/standardized_conv2d/kernel"] = unit["conv_proj"]["kernel"]
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def flax_to_timm(params):
-    """A timm resnetv2_*_bit state dict's names and layouts: OIHW kernels, a (K, C, 1, 1) conv head."""
-    oihw = lambda k: np.asarray(k).transpose(3, 2, 0, 1)
-    out = {
-        "stem.conv.weight": oihw(params["root_conv"]["kernel"]),
-        "norm.weight": params["norm_pre_head"]["scale"],
-        "norm.bias": params["norm_pre_head"]["bias"],
-    }
-    if "head" in params:
-        out["head.fc.weight"] = np.asarray(params["head"]["kernel"]).T[:, :, None, None]
-        out["head.fc.bias"] = params["head"]["bias"]
-    for name, unit in params.items():
-        match = UNIT.fullmatch(name)
-        if not match:
-            continue
-        prefix = f"stages.{int(match[1]) - 1}.blocks.{int(match[2]) - 1}"
-        for i in "123":
-            out[f"{prefix}.conv{i}.weight"] = oihw(unit[f"conv{i}"]["kernel"])
-            out[f"{prefix}.norm{i}.weight"] = unit[f"gn{i}"]["scale"]
-            out[f"{prefix}.norm{i}.bias"] = unit[f"gn{i}"]["bias"]
-        if "conv_proj" in unit:
-            out[f"{prefix}.downsample.conv.weight"] = oihw(unit["conv_proj"]["kernel"])
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def _same_params(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _shapes_only(model, size=224):
-    """A checkpoint of the right shapes that costs no memory (broadcast zeros)."""
-    x = jnp.zeros((1, size, size, 3))
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))["params"]
-    return jax.tree.map(lambda s: np.broadcast_to(np.float32(0), s.shape), shapes)
-
 
 TINY = dict(stage_sizes=(2, 1, 1), width=32, num_classes=5)  # GN(32) as BiT's, at test size
 
@@ -101,7 +38,7 @@ def test_bit_npz_round_trip_gives_the_same_logits(tiny, tmp_path):
         5,
     )
     assert loaded.conv.keywords["standardization"] == wsjax.PRESETS["bit"]
-    _same_params(variables["params"], params)
+    same_params(variables["params"], params)
     assert loaded == model
     # The loaded network's logits are BiT's equations' (the NumPy reference, GN(32)) on the written weights.
     want = resnetv2_reference(params, x, 32)
@@ -111,12 +48,12 @@ def test_bit_npz_round_trip_gives_the_same_logits(tiny, tmp_path):
 
 def test_bit_architecture_is_read_off_the_shapes():
     """BiT-M R50x1 (21843 classes) from names and shapes alone; a ×2 width from the root's 128 channels."""
-    model, variables = from_bit(flax_to_bit(_shapes_only(resnetv2(50, 1, num_classes=21843))))
+    model, variables = from_bit(flax_to_bit(shapes_only(resnetv2(50, 1, num_classes=21843))))
     assert model == resnetv2(50, 1, num_classes=21843)
     want = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
     assert jax.tree.map(np.shape, variables) == jax.tree.map(np.shape, want)
     wide = ResNetV2(stage_sizes=(1, 2), width_factor=2, num_classes=3)
-    model, _ = from_bit(flax_to_bit(_shapes_only(wide, 32)))
+    model, _ = from_bit(flax_to_bit(shapes_only(wide, 32)))
     assert model == wide
 
 
@@ -125,7 +62,7 @@ def test_timm_round_trip_r50x1():
     model = resnetv2(50, 1)
     params = random_params(model, jnp.zeros((1, 64, 64, 3)))
     loaded, variables = from_timm(flax_to_timm(params), "timm/resnetv2_50x1_bit.goog_in21k_ft_in1k")
-    _same_params(variables["params"], params)
+    same_params(variables["params"], params)
     timm_std = wsjax.Standardization(eps=1e-8, unbiased=False, eps_outside_sqrt=False)
     assert loaded.conv.keywords["standardization"] == timm_std
     assert (loaded.stage_sizes, loaded.width_factor, loaded.num_classes) == ((3, 4, 6, 3), 1, 1000)
@@ -134,7 +71,7 @@ def test_timm_round_trip_r50x1():
 
 
 def test_timm_width_factor_comes_from_the_name():
-    weights = flax_to_timm(_shapes_only(resnetv2(50, 1, num_classes=10), 32))
+    weights = flax_to_timm(shapes_only(resnetv2(50, 1, num_classes=10), 32))
     with pytest.raises(
         WeightsMismatchError,
         match=r"timm weight 'stem.conv.weight' has shape \(64, 3, 7, 7\), but the architecture needs "
@@ -152,7 +89,7 @@ def test_a_new_head_is_zeros_and_features_only_has_none(tiny):
         "kernel"
     ].shape == (512, 7)
     assert not np.any(variables["params"]["head"]["bias"])
-    _same_params(from_bit(weights, num_classes=5)[1], from_bit(weights)[1])
+    same_params(from_bit(weights, num_classes=5)[1], from_bit(weights)[1])
     model, variables = from_bit(weights, num_classes=0)
     assert model.num_classes == 0 and "head" not in variables["params"]
     headless = {k: v for k, v in weights.items() if "/head/" not in k}
@@ -160,7 +97,7 @@ def test_a_new_head_is_zeros_and_features_only_has_none(tiny):
     with pytest.raises(WeightsMismatchError, match=r"no head \('resnet/head/conv2d/kernel'\)"):
         from_bit(headless)
     timm_model, timm_vars = from_timm(
-        flax_to_timm(_shapes_only(resnetv2(50, 1), 32)), "resnetv2_50x1_bit", num_classes=10
+        flax_to_timm(shapes_only(resnetv2(50, 1), 32)), "resnetv2_50x1_bit", num_classes=10
     )
     assert timm_vars["params"]["head"]["kernel"].shape == (2048, 10)
     for bad in (-1, 2.0, True):
@@ -174,7 +111,7 @@ def test_bits_numbered_conv_names_are_read(tiny):
     weights = flax_to_bit(params)
     name = "resnet/block2/unit01/b/standardized_conv2d/kernel"
     weights[name.replace("conv2d/", "conv2d_1/")] = weights.pop(name)
-    _same_params(from_bit(weights)[1]["params"], params)
+    same_params(from_bit(weights)[1]["params"], params)
     weights[name] = weights[name.replace("conv2d/", "conv2d_1/")]
     with pytest.raises(WeightsMismatchError, match="have both"):
         from_bit(weights)
@@ -203,7 +140,7 @@ def test_missing_unknown_and_misshapen_names_are_named(bit_weights):
 
 
 def test_other_files_are_refused_with_the_reason(bit_weights):
-    timm_dict = flax_to_timm(_shapes_only(resnetv2(50, 1), 32))
+    timm_dict = flax_to_timm(shapes_only(resnetv2(50, 1), 32))
     with pytest.raises(WeightsMismatchError, match=r"not a BiT \.npz checkpoint"):
         from_bit(timm_dict)
     with pytest.raises(WeightsMismatchError, match="timm weights have no 'stem.conv.weight'"):
@@ -256,4 +193,4 @@ def test_the_device_checks_own_timm_to_bit_mapping(tiny):
     from experiments.accel.pretrained_check import timm_to_bit
 
     _, params, _ = tiny
-    _same_params(from_bit(timm_to_bit(flax_to_timm(params)))[1]["params"], params)
+    same_params(from_bit(timm_to_bit(flax_to_timm(params)))[1]["params"], params)
