@@ -61,7 +61,7 @@ class WeightReader:
         if shape is not None and tuple(array.shape) != tuple(shape):
             raise WeightsMismatchError(
                 f"{self._source} weight {name!r} has shape {tuple(array.shape)}, but the architecture "
-                f"needs {tuple(shape)}."
+                f"needs {tuple(shape)} (in the {self._source}'s own layout)."
             )
         self._used.add(name)
         return array.astype(np.float32)
