@@ -22,7 +22,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import cpu_backend, data, model_factory, optim, placement, steps
-from experiments.checkpoints import CheckpointMismatchError, Checkpoints, CheckpointViewError
+from experiments.checkpoints import (
+    CheckpointMismatchError,
+    Checkpoints,
+    CheckpointViewError,
+    newest_step,
+)
 from experiments.errors import ConfigError
 from experiments.input import choice
 from experiments.input.memory import MemoryInput
@@ -31,7 +36,13 @@ from experiments.loop import NonFiniteError, Preemption, Run, run_loop
 from experiments.metrics import MetricsWriter
 from experiments.profiling import StepProfiler
 from experiments.run_info import RunInfo
-from experiments.workdir import WorkdirBusyError, WorkdirLock, check_writable
+from experiments.workdir import (
+    WorkdirBusyError,
+    WorkdirLock,
+    check_writable,
+    is_out_of_space,
+    out_of_space_message,
+)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -300,6 +311,16 @@ def main(argv: list[str]) -> None:
     except USER_ERRORS as e:
         # A one-line message that names the problem and the fix, not a traceback.
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:
+        # A full disk is the machine's state, not a bug: orbax publishes a checkpoint only once complete, so
+        # the ones written stand, and the rerun resumes from the newest.
+        if not is_out_of_space(e):
+            raise
+        print(
+            f"error: {out_of_space_message(FLAGS.workdir, newest_step(FLAGS.workdir))}",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

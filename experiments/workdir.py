@@ -1,7 +1,8 @@
-"""Workdir checks: writable, and used by one run at a time."""
+"""Workdir checks: writable, used by one run at a time, and what to say when its disk is full."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 
@@ -14,6 +15,37 @@ from experiments.filelock import try_lock
 
 class WorkdirBusyError(RuntimeError):
     """Another run holds the workdir."""
+
+
+# How a full disk (or quota) reads where no OSError carries its errno: tensorstore, which writes the arrays of a
+# checkpoint, reports it as a status message.
+_FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_DISK_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, says that the disk (or the quota) is full."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _FULL_DISK_ERRNOS:
+            return True
+        if any(words in str(error) for words in _FULL_DISK_WORDS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def out_of_space_message(workdir: str | pathlib.Path, resume_step: int) -> str:
+    """The one line a run that ran out of space ends with: where, and that a rerun loses nothing more."""
+    resume = (
+        f"resumes from checkpoint {resume_step}" if resume_step else "starts from the beginning"
+    )
+    return (
+        f"no space left on the disk of workdir {pathlib.Path(workdir).absolute()}: free space there (or give "
+        f"another --workdir) and rerun the same command; it {resume}, and the checkpoints already written "
+        "are intact."
+    )
 
 
 def check_writable(workdir: pathlib.Path) -> None:
