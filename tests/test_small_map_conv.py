@@ -1,5 +1,7 @@
 """wsjax.cpu.conv_general_dilated: the shifted-matmul path for output maps smaller than the kernel, on CPU."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -166,19 +168,32 @@ def test_it_is_what_a_library_user_gets(make):
     assert make().conv_general_dilated is wsjax.cpu.conv_general_dilated
 
 
-def test_on_another_platform_it_is_plain_lax(monkeypatch):
-    """The decision is made per platform at trace time: off the CPU, the program is lax's, op for op."""
+def test_the_path_is_chosen_per_lowering_platform():
+    """Lowered for CUDA or TPU from this CPU host (jax.export), the program is lax's convolution alone; for the
+    CPU, the shifted matmuls alone; for several platforms at once, each gets its own."""
     x, w = _operands((2, 2, 2, 8), (3, 3, 8, 5))  # a small map: shifted matmuls on CPU
     args = ((1, 1), ((1, 1), (1, 1)))
     dn = _dimension_numbers(4)
-    ours = lambda x, w: wsjax.cpu.conv_general_dilated(x, w, *args, dimension_numbers=dn)  # noqa: E731
-    theirs = lambda x, w: lax.conv_general_dilated(x, w, *args, dimension_numbers=dn)  # noqa: E731
-    # A new function per trace: JAX caches traces by function, and the platform is read while tracing.
-    primitives = lambda f: [e.primitive.name for e in jax.make_jaxpr(lambda *a: f(*a))(x, w).eqns]  # noqa: E731
-    assert "dot_general" in primitives(ours)  # here, on CPU
-    for platform in ("gpu", "tpu"):
-        monkeypatch.setattr(jax, "default_backend", lambda platform=platform: platform)
-        assert primitives(ours) == primitives(theirs) == ["conv_general_dilated"]
+    ours = jax.jit(lambda x, w: wsjax.cpu.conv_general_dilated(x, w, *args, dimension_numbers=dn))
+
+    def ops(platforms):
+        text = jax.export.export(ours, platforms=platforms)(x, w).mlir_module()
+        return (
+            len(re.findall(r"= stablehlo\.convolution\b", text)),
+            len(re.findall(r"= stablehlo\.dot_general\b", text)),
+        )
+
+    assert ops(["cpu"])[0] == 0 and ops(["cpu"])[1] > 0
+    for platform in ("cuda", "rocm", "tpu"):
+        assert ops([platform]) == (1, 0), platform
+    both = ops(["cpu", "cuda"])
+    assert both[0] >= 1 and both[1] > 0
+    assert not wsjax.cpu.takes_shifted_matmul_path(
+        x.shape, w.shape, *args, None, None, dn, backend="gpu"
+    )
+    assert wsjax.cpu.takes_shifted_matmul_path(
+        x.shape, w.shape, *args, None, None, dn, backend="cpu"
+    )
 
 
 def test_layer_default_values_and_gradients_match_lax():

@@ -11,10 +11,12 @@ Benchmarks). The same convolution written as a sum over kernel taps of shifted m
    \qquad (t \text{ over the kernel offsets}),
 
 is exact (the same products, summed in another order) and much faster there. :func:`conv_general_dilated`
-takes that path only when :func:`takes_shifted_matmul_path` says it applies and pays off: on the CPU backend,
+takes that path only when :func:`takes_shifted_matmul_path` says it applies and pays off: on the CPU platform,
 stride 1, no dilation, one feature group, channels-last input/output with an ``(..., in, out)`` kernel
-(Flax's layout), and every output side smaller than the kernel's. Everything else, and every other backend,
-goes to ``lax.conv_general_dilated`` unchanged.
+(Flax's layout), and every output side smaller than the kernel's. Everything else, and every other platform,
+goes to ``lax.conv_general_dilated`` unchanged. The platform is the one the program is lowered for
+(``lax.platform_dependent``), so a step exported or compiled for a GPU or TPU from a CPU host carries lax's
+convolution only.
 
 It is the default convolution of :class:`wsjax.WSConv` and :class:`wsjax.ScaledWSConv` (Linen and NNX), and
 fits any Flax convolution: ``nn.Conv(..., conv_general_dilated=wsjax.cpu.conv_general_dilated)``.
@@ -70,6 +72,31 @@ def takes_shifted_matmul_path(
     """
     if (backend or jax.default_backend()) != "cpu":
         return False
+    return _fits_shifted_matmuls(
+        lhs_shape,
+        rhs_shape,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+    )
+
+
+def _fits_shifted_matmuls(
+    lhs_shape,
+    rhs_shape,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+) -> bool:
+    """The shape conditions of :func:`takes_shifted_matmul_path`, whatever the platform."""
     ndim = len(lhs_shape)
     if ndim < 3 or feature_group_count != 1 or batch_group_count != 1:
         return False
@@ -166,7 +193,24 @@ def conv_general_dilated(
       ``lax.conv_general_dilated``'s result: the same shape and dtype, the same values up to the order of
       the sums on the shifted-matmul path.
     """
-    if out_sharding is None and takes_shifted_matmul_path(
+
+    def with_lax(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            **({} if out_sharding is None else {"out_sharding": out_sharding}),
+        )
+
+    if out_sharding is not None or not _fits_shifted_matmuls(
         lhs.shape,
         rhs.shape,
         window_strides,
@@ -177,19 +221,13 @@ def conv_general_dilated(
         feature_group_count,
         batch_group_count,
     ):
+        return with_lax(lhs, rhs)
+
+    def with_shifted_matmuls(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         with jax.named_scope("small_map_conv"):
             return _shifted_matmuls(lhs, rhs, padding, precision, preferred_element_type)
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        **({} if out_sharding is None else {"out_sharding": out_sharding}),
-    )
+
+    # Chosen per lowering platform, not by the backend of the tracing process: a program lowered on a CPU host
+    # for a GPU or TPU (jax.export, ahead-of-time compilation) gets lax's convolution, and one lowered for the
+    # CPU alone holds only the shifted matmuls.
+    return lax.platform_dependent(lhs, rhs, cpu=with_shifted_matmuls, default=with_lax)

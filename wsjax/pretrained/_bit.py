@@ -173,7 +173,9 @@ def bit_architecture(
     shape = np.shape(weights[_ROOT])
     if len(shape) != 4 or shape[:2] != (7, 7):
         # Name the shape in BiT's own HWIO layout: from an OIHW kernel (a PyTorch export), its transpose.
-        needed = (7, 7, shape[1], shape[0]) if len(shape) == 4 and shape[2:] == (7, 7) else (7, 7, 3, 64)
+        needed = (
+            (7, 7, shape[1], shape[0]) if len(shape) == 4 and shape[2:] == (7, 7) else (7, 7, 3, 64)
+        )
         raise WeightsMismatchError(
             f"{SOURCE} weight {_ROOT!r} has shape {shape}, but the root needs a 7×7 kernel in BiT's HWIO "
             f"layout, (7, 7, in_channels, out_channels): {needed} for these weights."
