@@ -28,6 +28,7 @@ from wsjax._standardization import (
     standardization_statistics,
     standardize,
 )
+from wsjax._standardize_convs import StandardizedConvs, skip_head, standardize_convs
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "EstimatedBatchNorm",
     "ScaledWSConv",
     "Standardization",
+    "StandardizedConvs",
     "StandardizeOptions",
     "WSConv",
     "WSConvTranspose",
@@ -46,8 +48,10 @@ __all__ = [
     "cpu",
     "fold_weight_standardization",
     "scaled_standardize",
+    "skip_head",
     "standardization_statistics",
     "standardize",
+    "standardize_convs",
 ]
 
 

@@ -4,6 +4,7 @@ from wsjax.nnx._channel_norm import ChannelNorm
 from wsjax.nnx._folding import fold_weight_standardization
 from wsjax.nnx._layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
 from wsjax.nnx._normalization import BatchChannelNorm, EstimatedBatchNorm
+from wsjax.nnx._standardize_convs import standardize_convs
 
 __all__ = [
     "BatchChannelNorm",
@@ -14,4 +15,5 @@ __all__ = [
     "WSConvTranspose",
     "WSDense",
     "fold_weight_standardization",
+    "standardize_convs",
 ]

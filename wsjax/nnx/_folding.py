@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flax import nnx
 
+from wsjax.nnx._graph import as_class, replace_at
 from wsjax.nnx._layers import _TransformsKernel
 
 # What a WS layer holds beyond its Flax parent's attributes (the parent's constructor arguments stay).
@@ -38,29 +39,9 @@ def fold_weight_standardization(model: nnx.Module) -> nnx.Module:
     for path, layer in layers:
         kernel = layer.effective_kernel()
         flax_class = next(c for c in type(layer).__mro__ if c.__module__.startswith("flax."))
-        plain = object.__new__(
-            flax_class
-        )  # the layer's state as it is, without re-running a constructor
-        plain.__dict__.update(
-            {name: v for name, v in vars(layer).items() if name not in _WS_ATTRIBUTES}
-        )
+        plain = as_class(layer, flax_class, drop=_WS_ATTRIBUTES)
         plain.kernel[...] = kernel.astype(plain.kernel[...].dtype)
         if not path:
             return plain  # the model is itself one WS layer
-        _replace(folded, path, plain)
+        replace_at(folded, path, plain)
     return folded
-
-
-def _replace(model: nnx.Module, path: tuple, layer: nnx.Module) -> None:
-    """Puts ``layer`` where ``path`` (as ``nnx.iter_graph`` gives it) leads in ``model``."""
-    parent = model
-    for key in path[:-1]:
-        parent = (
-            parent[key]
-            if isinstance(key, int) or not hasattr(parent, str(key))
-            else getattr(parent, key)
-        )
-    if isinstance(path[-1], int) or not hasattr(parent, str(path[-1])):
-        parent[path[-1]] = layer
-    else:
-        setattr(parent, path[-1], layer)
