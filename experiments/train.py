@@ -21,17 +21,22 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import cpu_backend, data, model_factory, optim, placement, steps
-from experiments.checkpoints import CheckpointMismatchError, Checkpoints, CheckpointViewError
-from experiments.errors import ConfigError
-from experiments.input import choice
-from experiments.input.memory import MemoryInput
-from experiments.input.positions import Positions
-from experiments.loop import NonFiniteError, Preemption, Run, run_loop
-from experiments.metrics import MetricsWriter
-from experiments.profiling import StepProfiler
-from experiments.run_info import RunInfo
-from experiments.workdir import WorkdirBusyError, WorkdirLock, check_writable
+from experiments.common import cpu_backend
+from experiments.common.errors import ConfigError
+from experiments.trainer import model_factory, optim, placement, steps
+from experiments.trainer.checkpoints import (
+    CheckpointMismatchError,
+    Checkpoints,
+    CheckpointViewError,
+)
+from experiments.trainer.input import choice, data
+from experiments.trainer.input.memory import MemoryInput
+from experiments.trainer.input.positions import Positions
+from experiments.trainer.loop import NonFiniteError, Preemption, Run, run_loop
+from experiments.trainer.metrics import MetricsWriter
+from experiments.trainer.profiling import StepProfiler
+from experiments.trainer.run_info import RunInfo
+from experiments.trainer.workdir import WorkdirBusyError, WorkdirLock, check_writable
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -109,7 +114,7 @@ class Training:
 
     mesh: Mesh
     dataset: data.Dataset | None  # the memory path's arrays; None when streaming
-    input: Any  # experiments.input: MemoryInput or StreamInput (what the loop reads)
+    input: Any  # experiments.trainer.input: MemoryInput or StreamInput (what the loop reads)
     state: steps.TrainState
     schedule: Any
     steps_per_epoch: int
@@ -141,7 +146,9 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
     with _config_errors():
         streamed = choice.resolve(config) == "stream"
     if streamed:
-        from experiments.input.stream import StreamInput  # grain: imported only when streaming
+        from experiments.trainer.input.stream import (
+            StreamInput,  # grain: imported only when streaming
+        )
 
         with _config_errors():
             source = StreamInput(

@@ -3,7 +3,7 @@ NumPy promotion rules."""
 
 import os
 
-from experiments import cpu_backend
+from experiments.common import cpu_backend
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # As the experiments run, and patient collectives: 8 fake devices on 2 loaded cores can exceed XLA's 40 s.

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
+from experiments.common.cpu_backend import fake_cpu_env
 from experiments.configs import default
-from experiments.cpu_backend import fake_cpu_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_TFDS = REPO.parent / "shared" / "tensorflow_datasets"

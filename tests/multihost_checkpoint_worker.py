@@ -44,7 +44,7 @@ def main(address: str, num_processes: int, process_id: int, root: pathlib.Path) 
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from experiments.checkpoints import Checkpoints
+    from experiments.trainer.checkpoints import Checkpoints
 
     mesh = Mesh(np.array(jax.devices()), ("d",))
     target = jax.device_put(state(), NamedSharding(mesh, P()))

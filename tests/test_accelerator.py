@@ -1,7 +1,7 @@
 """What changes on an accelerator: the arithmetic of float32 convolutions, and replicas against CPU devices.
 
 These run on whatever backend JAX picks: the CPU in CI, a GPU or TPU in the device suite
-(``experiments/device_suite.py``), where they check the library's numerics at the accelerator's own
+(``experiments/bench/suite/runner.py``), where they check the library's numerics at the accelerator's own
 precision and the replicas-equal-devices maths across backends.
 """
 
@@ -16,8 +16,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import wsjax
-from experiments import steps
 from experiments.bench import peaks
+from experiments.trainer import steps
 from tests import reference
 from wsjax.models import VGG, norm_layer
 

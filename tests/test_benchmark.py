@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments import benchmark
+from experiments.bench import benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +54,8 @@ def _vgg16_setup():
     import numpy as np
     from jax.sharding import Mesh
 
-    from experiments import steps
     from experiments.bench import cases
+    from experiments.trainer import steps
 
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
     return cases.Setup("vgg16", (32, 32, 3), repeats=1, calls=1, mesh=mesh)

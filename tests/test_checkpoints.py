@@ -9,7 +9,7 @@ import json
 import jax.numpy as jnp
 import pytest
 
-from experiments.checkpoints import Checkpoints, is_damage
+from experiments.trainer.checkpoints import Checkpoints, is_damage
 
 STATE = {"w": jnp.arange(6.0), "b": {"c": jnp.ones((2, 3))}}
 

@@ -98,7 +98,7 @@ def test_checkpoint_from_a_different_model_shape(tmp_path):
 # The command line with a genuine bug planted in it (a KeyError where the model is built).
 WITH_A_BUG = """
 import runpy, sys
-from experiments import model_factory
+from experiments.trainer import model_factory
 
 def build_model(*args):
     return {}["a key the code forgot"]

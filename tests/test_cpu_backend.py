@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from experiments import cpu_backend
+from experiments.common import cpu_backend
 from tests.helpers import REPO
 
 CONVOLUTIONS, *COLLECTIVES = cpu_backend.SETTINGS

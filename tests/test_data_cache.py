@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from experiments import data, data_cache
+from experiments.trainer.input import data, data_cache
 from tests.helpers import REPO, SHARED_TFDS, cli_env, needs_fashion_mnist
 
 # A prelude that makes `import tensorflow` / `import tensorflow_datasets` fail, as on a machine without them.
@@ -268,7 +268,7 @@ def test_training_runs_where_tensorflow_cannot_be_imported(tmp_path):
 def test_data_module_does_not_import_tensorflow():
     code = (
         "import sys; sys.modules.update(tensorflow=None, tensorflow_datasets=None); "
-        "import experiments.data, experiments.data_cache, experiments.train"
+        "import experiments.trainer.input.data, experiments.trainer.input.data_cache, experiments.train"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],

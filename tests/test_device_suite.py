@@ -9,8 +9,8 @@ import tarfile
 
 import pytest
 
-from experiments import device_suite
-from experiments.cpu_backend import fake_cpu_env
+from experiments.bench.suite import runner
+from experiments.common.cpu_backend import fake_cpu_env
 from tests.helpers import REPO, SHARED_TFDS, needs_fashion_mnist, tiny_config
 
 FAKE = "tests.suite_fake_part"
@@ -18,8 +18,8 @@ FAKE = "tests.suite_fake_part"
 
 def test_a_failing_or_hanging_part_loses_nothing_else(tmp_path, monkeypatch, capsys):
     parts = {"fails": (FAKE, 60), "hangs": (FAKE, 12), "ok": (FAKE, 60)}
-    monkeypatch.setattr(device_suite, "PARTS", parts)
-    assert device_suite.main([f"--parts={','.join(parts)}", f"--out={tmp_path}"]) == 1
+    monkeypatch.setattr(runner, "PARTS", parts)
+    assert runner.main([f"--parts={','.join(parts)}", f"--out={tmp_path}"]) == 1
     got = json.loads((tmp_path / "results.json").read_text())["parts"]
     assert got["fails"]["status"] == "failed (exit 1)"
     assert got["fails"]["results"]["before"] == 1 and "after" not in got["fails"]["results"]
@@ -40,13 +40,13 @@ def test_a_failing_or_hanging_part_loses_nothing_else(tmp_path, monkeypatch, cap
 
 def test_unknown_part_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match=r"unknown part\(s\) \['bench2'\]"):
-        device_suite.main(["--parts=bench,bench2", f"--out={tmp_path}"])
+        runner.main(["--parts=bench,bench2", f"--out={tmp_path}"])
 
 
 def test_the_suite_process_never_imports_jax():
     """The parent must leave the accelerator to its parts (JAX would take the GPU's memory)."""
     code = (
-        "import sys, experiments.device_suite, experiments.accel.table; "
+        "import sys, experiments.bench.suite.runner, experiments.bench.suite.table; "
         "assert 'jax' not in sys.modules and 'torch' not in sys.modules, 'imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -54,9 +54,9 @@ def test_the_suite_process_never_imports_jax():
 
 
 def _tiny_suite(out, *args: str):
-    """Runs ``python -m experiments.device_suite --tiny ARGS`` on one CPU device; its output and results."""
+    """Runs ``python -m experiments.bench.suite --tiny ARGS`` on one CPU device; its output and results."""
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.device_suite", "--tiny", f"--out={out}", *args],
+        [sys.executable, "-m", "experiments.bench.suite", "--tiny", f"--out={out}", *args],
         cwd=REPO,
         env=fake_cpu_env(1),
         capture_output=True,
@@ -72,7 +72,7 @@ def test_tiny_mode_runs_every_part(tmp_path):
     """`--tiny` is the GPU call at tiny sizes on this CPU: a typo in any part fails here, not on the GPU."""
     done, results = _tiny_suite(tmp_path)
     assert results["suite"]["tiny"] is True
-    assert list(results["parts"]) == device_suite.DEFAULT_PARTS
+    assert list(results["parts"]) == runner.DEFAULT_PARTS
     assert all(p["status"] == "ok" for p in results["parts"].values())
     bench = results["parts"]["bench"]["results"]
     assert {"precision_probe", "bf16_curve", "ws_overhead_bf16", "float32_steps"} <= set(bench)
@@ -91,9 +91,9 @@ def test_tiny_mode_runs_every_part(tmp_path):
 def test_tiny_optional_parts_and_the_study_cells_records(tmp_path):
     """The parts outside the default call: `imagenet` measures its two steps; `study` brings back its cells'
     records, which the report reads."""
-    from experiments import microbatch_report
+    from experiments.study import report
 
-    _, results = _tiny_suite(tmp_path, f"--parts={','.join(device_suite.OPTIONAL_PARTS)}")
+    _, results = _tiny_suite(tmp_path, f"--parts={','.join(runner.OPTIONAL_PARTS)}")
     assert all(p["status"] == "ok" for p in results["parts"].values())
     steps = results["parts"]["imagenet"]["results"]["steps"]
     assert [(s["normalization"], s["replicas"]) for s in steps] == [("GN+WS", 1), ("BCN+WS", 8)]
@@ -104,7 +104,7 @@ def test_tiny_optional_parts_and_the_study_cells_records(tmp_path):
         names = tar.getnames()
         assert not any("checkpoints" in n or "compile_cache" in n for n in names), names
         tar.extractall(tmp_path / "back", filter="data")
-    cells = microbatch_report.collect(tmp_path / "back" / "study" / "runs")
+    cells = report.collect(tmp_path / "back" / "study" / "runs")
     assert len(cells) == 4 and {c["steps"] for c in cells} == {4}
     assert "4 cells finished (seeds 0)" in (tmp_path / "table.md").read_text()
 
@@ -112,18 +112,18 @@ def test_tiny_optional_parts_and_the_study_cells_records(tmp_path):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_prepare_fills_one_folder_that_fits_the_device_tool(tmp_path):
-    from experiments import prepare_device
+    from experiments.bench.suite import prepare
 
     out = tmp_path / "device"
-    manifest = prepare_device.prepare(out, str(SHARED_TFDS), ["fashion_mnist"], wheels={})
+    manifest = prepare.prepare(out, str(SHARED_TFDS), ["fashion_mnist"], wheels={})
     assert (out / ".gitignore").read_text().splitlines()[-1] == "*"  # git ignores all of it
     assert set(manifest["files"]) == {
         ".gitignore",
         "data/fashion_mnist/3.0.1/train.npz",
         "data/fashion_mnist/3.0.1/test.npz",
     }
-    assert manifest["source_fingerprint"] == device_suite.source_fingerprint()
-    assert manifest["travel_bytes"] < prepare_device.TRAVEL_LIMIT_BYTES
+    assert manifest["source_fingerprint"] == runner.source_fingerprint()
+    assert manifest["travel_bytes"] < prepare.TRAVEL_LIMIT_BYTES
     assert json.loads((out / "manifest.json").read_text()) == manifest
 
 
@@ -131,8 +131,8 @@ def test_prepare_fills_one_folder_that_fits_the_device_tool(tmp_path):
 def test_time_to_accuracy_trains_as_the_cli_does(tmp_path):
     """The timed driver is `experiments.train` without its bookkeeping: the same test accuracy per epoch."""
     from experiments import train
-    from experiments.accel import time_to_accuracy
-    from experiments.metrics import read_metrics
+    from experiments.bench.suite.parts import time_to_accuracy
+    from experiments.trainer.metrics import read_metrics
 
     config = tiny_config(
         num_train_steps=-1, num_epochs=2, eval_every_steps=-1, global_batch_size=64
@@ -154,7 +154,7 @@ def _step(batch, seconds, mfu):
 
 def test_table_rows_for_gpu_results():
     """Every row as the GPU call will fill it (made-up numbers: this checks the formatting only)."""
-    from experiments.accel.table import format_table
+    from experiments.bench.suite.table import format_table
 
     overhead = {"per_device_batch": 64, "ratio": 1.01, "kernel_ratio": 1.05, "ws_step_s": 0.01,
                 "plain_step_s": 0.0099, "ws": _step(64, 0.01, 0.2)}  # fmt: skip
@@ -204,7 +204,7 @@ def test_table_rows_for_gpu_results():
 
 def test_table_names_the_machine_in_a_call_without_bench():
     """The study's call of its own (no bench part) still says which device and JAX it ran on."""
-    from experiments.accel.table import format_table
+    from experiments.bench.suite.table import format_table
 
     study = {"machine": {"device_kind": "NVIDIA H200", "jax": "0.11.2"},
              "cells": [{"seed": 0, "wall_time_s": 30.0}]}  # fmt: skip

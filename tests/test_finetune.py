@@ -8,9 +8,11 @@ import pytest
 from official_reference import Spec, state_dict
 
 import wsjax.pretrained
-from experiments import data, model_factory, optim, steps, train
+from experiments import train
+from experiments.common.errors import ConfigError
 from experiments.configs import finetune
-from experiments.errors import ConfigError
+from experiments.trainer import model_factory, optim, steps
+from experiments.trainer.input import data
 from tests.helpers import read_checkpoint
 from wsjax.models import ImageNetResNet
 from wsjax.pretrained import _official

@@ -12,8 +12,9 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import microbatch, microbatch_cells, microbatch_report, steps
-from experiments.filelock import try_lock
+from experiments.common.filelock import try_lock
+from experiments.study import cells, microbatch, report
+from experiments.trainer import steps
 from tests.helpers import REPO
 from wsjax.models import VGG, norm_layer
 
@@ -119,10 +120,10 @@ def test_design_check_names_the_fix():
     with pytest.raises(ValueError, match="positive"):
         microbatch.check_design([0, 1], 32, 1)
     with pytest.raises(ValueError, match="bad config flag"):
-        microbatch_cells.check_flags(["--config.no_such_field=1"])
+        cells.check_flags(["--config.no_such_field=1"])
     with pytest.raises(ValueError, match="bad config flag"):
-        microbatch_cells.check_flags(["--config.num_epochs=many"])
-    microbatch_cells.check_flags(["--config.num_epochs=2"])
+        cells.check_flags(["--config.num_epochs=many"])
+    cells.check_flags(["--config.num_epochs=2"])
 
 
 def finish(workdir):  # what a finished cell leaves: its final accuracy in run_info.json
@@ -140,7 +141,7 @@ def test_a_failed_cell_does_not_stop_the_sweep_but_a_broken_setup_does(tmp_path,
         finish(workdir)
         return None
 
-    monkeypatch.setattr(microbatch_cells, "run_subprocess", fake_cell)
+    monkeypatch.setattr(cells, "run_subprocess", fake_cell)
     failing = {"bn_b2_s0"}
     with pytest.raises(RuntimeError, match=r"1 cell\(s\) failed: bn_b2_s0"):
         microbatch.run(tmp_path / "a", [0], ["BN"], [1, 2, 4], global_batch=4, devices=1)
@@ -168,7 +169,7 @@ def test_workers_share_a_sweep_through_each_cells_claim(tmp_path, monkeypatch, c
             finish(sweep / "bn_b4_s0")
         finish(workdir)
 
-    monkeypatch.setattr(microbatch_cells, "run_subprocess", fake_cell)
+    monkeypatch.setattr(cells, "run_subprocess", fake_cell)
     (sweep / "bn_b2_s0").mkdir(parents=True)
     other_worker, _ = try_lock(sweep / "bn_b2_s0" / ".claim")  # another worker is training b2
     assert other_worker is not None
@@ -192,7 +193,7 @@ def test_a_cell_whose_worker_dies_gets_a_second_look(tmp_path, monkeypatch, caps
             other_worker.close()  # meanwhile the worker that held b1 dies
         finish(workdir)
 
-    monkeypatch.setattr(microbatch_cells, "run_subprocess", fake_cell)
+    monkeypatch.setattr(cells, "run_subprocess", fake_cell)
     (tmp_path / "bn_b1_s0").mkdir()
     other_worker, _ = try_lock(tmp_path / "bn_b1_s0" / ".claim")
     microbatch.run(tmp_path, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1)
@@ -211,8 +212,8 @@ def test_the_claim_lasts_as_long_as_the_training(tmp_path, monkeypatch):
         passed.update(kwargs)
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(microbatch_cells.subprocess, "run", fake_run)
-    assert microbatch_cells.run_subprocess(tmp_path, [], tmp_path / "log", claim) is None
+    monkeypatch.setattr(cells.subprocess, "run", fake_run)
+    assert cells.run_subprocess(tmp_path, [], tmp_path / "log", claim) is None
     assert passed["pass_fds"] == (claim.fileno(),)
     monkeypatch.undo()
     # What that gives: a child holding the inherited descriptor keeps the lock after the parent closes it.
@@ -238,7 +239,7 @@ def test_a_time_limit_starts_no_cell_expected_to_overrun(tmp_path, monkeypatch, 
         now[0] += 10
         finish(workdir)
 
-    monkeypatch.setattr(microbatch_cells, "run_subprocess", fake_cell)
+    monkeypatch.setattr(cells, "run_subprocess", fake_cell)
     monkeypatch.setattr(microbatch.time, "monotonic", lambda: now[0])
     microbatch.run(tmp_path, [0], ["BN"], [1, 2, 4], global_batch=4, devices=1, time_limit_s=25)
     assert trained == ["bn_b1_s0", "bn_b2_s0"]  # a third would end at 30 s
@@ -261,20 +262,20 @@ def test_design_check_names_cells_run_from_uncommitted_code():
             "commit": "b" * 40 + "-dirty",
         },
     ]
-    text = microbatch_report.design_check(cells)
+    text = report.design_check(cells)
     assert "DIFFERS" not in text and "bbbbbbbbbbbb-dirty" in text
     assert "- run from uncommitted changes (rerun to confirm): bn_b32_s0" in text
     cells[1]["commit"] = "b" * 40
-    assert "uncommitted" not in microbatch_report.design_check(cells)
+    assert "uncommitted" not in report.design_check(cells)
 
 
-# Runs the driver's parent as ``python -m experiments.microbatch`` would, then checks it never imported JAX
+# Runs the driver's parent as ``python -m experiments.study.microbatch`` would, then checks it never imported JAX
 # (on a TPU VM its children could not open the chips; on a GPU it would hold memory).
 PARENT = """
 import runpy, sys
 sys.argv = ["microbatch", *sys.argv[1:]]
 try:
-    runpy.run_module("experiments.microbatch", run_name="__main__", alter_sys=True)
+    runpy.run_module("experiments.study.microbatch", run_name="__main__", alter_sys=True)
 except SystemExit as e:
     if e.code:
         raise
@@ -299,7 +300,7 @@ def test_tiny_sweep_equal_steps_and_batch_resumes_and_reports(tmp_path):
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "16 of 16 cells already finished" in again.stderr, again.stderr[-2000:]
 
-    cells = microbatch_report.collect(sweep)
+    cells = report.collect(sweep)
     assert len(cells) == 16  # ((BN, BCN+WS) × 3 batches + GN+WS × (1, 8)) × 2 seeds
     assert {c["steps"] for c in cells} == {6} and {c["global_batch"] for c in cells} == {8}
     assert {c["data_order"] for c in cells} == {"example"}
@@ -313,7 +314,7 @@ def test_tiny_sweep_equal_steps_and_batch_resumes_and_reports(tmp_path):
     for seed in (0, 1):
         assert abs(gn[(1, seed)] - gn[(8, seed)]) <= 2 / 512
 
-    out = microbatch_report.write_report(sweep, tmp_path / "report")
+    out = report.write_report(sweep, tmp_path / "report")
     text = (out / "results.md").read_text()
     assert "- steps: 6\n" in text and "- global_batch: 8\n" in text and "DIFFERS" not in text
     assert "| BN | " in text and "| BCN+WS | " in text and "(2) |" in text  # two seeds per cell
@@ -335,11 +336,11 @@ def test_in_process_matches_a_subprocess(tmp_path):
     args = ["--seeds=0", "--normalizations=BCN+WS", "--per_device_batches=2", *TINY[3:]]
     for mode, extra in (("sub", []), ("in", ["--in_process"])):
         result = subprocess.run(
-            [sys.executable, "-m", "experiments.microbatch", "run", f"--workdir={tmp_path / mode}", *args, *extra],
+            [sys.executable, "-m", "experiments.study.microbatch", "run", f"--workdir={tmp_path / mode}", *args, *extra],
             cwd=REPO, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
-    sub, inproc = (microbatch_report.collect(tmp_path / m) for m in ("sub", "in"))
+    sub, inproc = (report.collect(tmp_path / m) for m in ("sub", "in"))
     assert (
         sub[0]["accuracy"] == inproc[0]["accuracy"] and sub[0]["steps"] == inproc[0]["steps"] == 6
     )

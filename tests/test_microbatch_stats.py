@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from experiments import microbatch_report
-from experiments.microbatch_stats import SIGNIFICANT_SE, Stat, compare, summarize
+from experiments.study import report
+from experiments.study.stats import SIGNIFICANT_SE, Stat, compare, summarize
 
 
 def _cells(accuracies: dict[tuple[str, int], list[float]]) -> list[dict]:
@@ -63,7 +63,7 @@ def test_claims_verdicts_follow_the_figures():
         ("GN+WS", 1): [0.90, 0.901, 0.899],
         ("BCN+WS", 1): [0.915, 0.916, 0.914],
     }
-    text = microbatch_report.claims(_cells(paper_like))
+    text = report.claims(_cells(paper_like))
     assert text[0].startswith("1. *BN degrades") and text[0].endswith("**holds**")
     assert text[1].startswith("2. *WS improves") and text[1].endswith("**holds**")
     assert "matches or beats BN at 32/device" in text[2]
@@ -71,7 +71,7 @@ def test_claims_verdicts_follow_the_figures():
 
     against = {**paper_like, ("BN", 1): [0.91, 0.912, 0.908], ("BN+WS", 32): [0.90, 0.901, 0.899]}
     against[("BCN+WS", 1)] = [0.85, 0.851, 0.849]
-    text = microbatch_report.claims(_cells(against))
+    text = report.claims(_cells(against))
     assert text[0].endswith("**does not hold**")  # BN at 1 level with BN at 32
     assert text[1].endswith(
         "**holds in part** (1 of 3)"
@@ -80,5 +80,5 @@ def test_claims_verdicts_follow_the_figures():
 
 
 def test_claims_without_the_settings_say_not_measured():
-    text = microbatch_report.claims(_cells({("GN", 1): [0.9], ("GN", 32): [0.9]}))
+    text = report.claims(_cells({("GN", 1): [0.9], ("GN", 32): [0.9]}))
     assert "not measured" in text[0] and "not measured" in text[1] and "not measured" in text[2]

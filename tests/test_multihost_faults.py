@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.checkpoints import Checkpoints
+from experiments.trainer.checkpoints import Checkpoints
 from tests.helpers import (
     checkpoint_steps,
     finish_processes,

@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import optim
+from experiments.common.errors import ConfigError
 from experiments.configs import default, imagenet_resnet50_bcn_ws, imagenet_resnet50_gn_ws
-from experiments.errors import ConfigError
+from experiments.trainer import optim
 
 PARAMS = {"conv": {"kernel": jnp.full((3, 3, 2, 4), 2.0)}, "norm": {"scale": jnp.full((4,), 2.0)}}
 

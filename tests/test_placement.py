@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import placement
+from experiments.trainer import placement
 from tests.helpers import FAULT_ARGS, read_checkpoint, run_cli
 
 

@@ -224,9 +224,9 @@ def test_other_files_are_refused_with_the_reason(bit_weights):
 
 def test_the_device_suite_part_skips_without_torch(tmp_path, monkeypatch):
     """CI has no torch: the GPU check records why and succeeds; its table row says so."""
-    from experiments.accel import pretrained_check
-    from experiments.accel.context import PartContext, read_results
-    from experiments.accel.table import format_table
+    from experiments.bench.suite.context import PartContext, read_results
+    from experiments.bench.suite.parts import pretrained_check
+    from experiments.bench.suite.table import format_table
 
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     ctx = PartContext("pretrained", True, tmp_path, None, time.time() + 60)
@@ -253,7 +253,7 @@ def test_the_device_suite_part_skips_without_torch(tmp_path, monkeypatch):
 
 def test_the_device_checks_own_timm_to_bit_mapping(tiny):
     """The GPU check renames timm's state dict to BiT's names by its own mapping: checked here, no torch."""
-    from experiments.accel.pretrained_check import timm_to_bit
+    from experiments.bench.suite.parts.pretrained_check import timm_to_bit
 
     _, params, _ = tiny
     _same_params(from_bit(timm_to_bit(flax_to_timm(params)))[1]["params"], params)

@@ -1,4 +1,4 @@
-"""The streaming input pipeline (experiments/input/): host transforms, evaluation coverage across processes,
+"""The streaming input pipeline (experiments/trainer/input/): host transforms, evaluation coverage across processes,
 the automatic choice, ImageNet's missing-files message, and real and mocked training through it."""
 
 import io
@@ -11,11 +11,11 @@ import pytest
 pytest.importorskip("grain", reason="the streaming pipeline needs grain (Python >= 3.11)")
 from PIL import Image
 
-from experiments import data, train
+from experiments import train
+from experiments.common.errors import ConfigError
 from experiments.configs import imagenet
-from experiments.errors import ConfigError
-from experiments.input import choice, sources, stream, transforms
-from experiments.metrics import read_metrics
+from experiments.trainer.input import choice, data, sources, stream, transforms
+from experiments.trainer.metrics import read_metrics
 from tests.helpers import SHARED_TFDS, needs_fashion_mnist, tiny_config
 
 
@@ -206,7 +206,7 @@ def test_grain_worker_processes_train_reproducibly_and_resume_only_with_their_co
 
 @pytest.fixture(scope="module")
 def fashion_mnist_array_record(tmp_path_factory):
-    from experiments.input import convert
+    from experiments.trainer.input import convert
 
     out = tmp_path_factory.mktemp("tfds_array_record")
     convert.convert(SHARED_TFDS / "fashion_mnist" / "3.0.1", out)

@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from experiments import data, loop, train
-from experiments.errors import ConfigError
-from experiments.metrics import read_metrics
+from experiments import train
+from experiments.common.errors import ConfigError
+from experiments.trainer import loop
+from experiments.trainer.input import data
+from experiments.trainer.metrics import read_metrics
 from tests.helpers import SHARED_TFDS, needs_fashion_mnist, tiny_config
 
 

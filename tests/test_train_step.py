@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import steps
+from experiments.trainer import steps
 from wsjax.models import VGG, norm_layer
 
 GLOBAL_BATCH = 16

@@ -1,8 +1,8 @@
 """Benchmarks: WS overhead, throughput (fp32/bf16, FLOP/s, MFU), input, inference, micro-batch emulation.
 
-    python -m experiments.benchmark                      # VGG16, per-device batch 2 and 64
-    python -m experiments.benchmark --tiny               # seconds: checks the harness (CI), not speed
-    python -m experiments.benchmark --torch_python=.venv-torch/bin/python   # + the PyTorch reference
+    python -m experiments.bench.benchmark                      # VGG16, per-device batch 2 and 64
+    python -m experiments.bench.benchmark --tiny               # seconds: checks the harness (CI), not speed
+    python -m experiments.bench.benchmark --torch_python=.venv-torch/bin/python   # + the PyTorch reference
 
 Compilation is excluded, every timing waits for the device (``block_until_ready``), and each figure is the
 median of several repeats with its min-max. Prints one line per case on stderr as it goes (a full run takes
@@ -26,8 +26,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from experiments import cpu_backend, provenance, steps
 from experiments.bench import cases, microbatch_emulation
+from experiments.common import cpu_backend, provenance
+from experiments.trainer import steps
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results" / "benchmarks"
 

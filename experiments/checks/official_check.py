@@ -9,8 +9,8 @@ computation (where only the network, not rounding, can differ).
 
     git clone https://github.com/joe-siyuan-qiao/pytorch-classification /tmp/gnws
     git clone https://github.com/joe-siyuan-qiao/Batch-Channel-Normalization /tmp/bcn
-    TORCH_PYTHON -m experiments.official_check torch --gn_ws=/tmp/gnws --bcn_ws=/tmp/bcn/imagenet --out=/tmp/oc
-    python -m experiments.official_check compare --out=/tmp/oc > results/official_check/DATE.json
+    TORCH_PYTHON -m experiments.checks.official_check torch --gn_ws=/tmp/gnws --bcn_ws=/tmp/bcn/imagenet --out=/tmp/oc
+    python -m experiments.checks.official_check compare --out=/tmp/oc > results/official_check/DATE.json
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def main() -> None:
     else:
         import jax
 
-        from experiments.provenance import describe_machine, git_commit
+        from experiments.common.provenance import describe_machine, git_commit
 
         rows = compare(args.out)
         meta = {"commit": git_commit(), "jax": jax.__version__, "machine": describe_machine()}

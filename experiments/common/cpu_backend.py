@@ -5,7 +5,7 @@ Two settings, both XLA flags that only XLA:CPU reads, and only once, when JAX's 
 - :data:`XLA_CONVOLUTIONS`: convolutions by XLA's own emitter instead of YNNPACK fusions. jaxlib 0.10.2 hands
   every convolution to YNNPACK on CPU; XLA's own are faster for VGG16 training on this project's 2-core x86
   machines, and YNNPACK keeps the reductions, dots and elementwise fusions, where it is the faster (measured
-  with ``python -m experiments.benchmark``; the figures are in the README, *Benchmarks*, item 4).
+  with ``python -m experiments.bench.benchmark``; the figures are in the README, *Benchmarks*, item 4).
 - :data:`PATIENT_COLLECTIVES`: XLA:CPU aborts a collective whose device threads do not all arrive within
   40 s, which a loaded 2-core machine emulating 8 devices exceeds (seen here: "Termination timeout for all
   reduce ... of 40 seconds"); ten minutes instead.
@@ -138,7 +138,7 @@ def verify(environ: Mapping[str, str] = os.environ, platform: str | None = None)
         _warned = True
         warnings.warn(
             "XLA:CPU is running without the experiments' settings: JAX started before "
-            "experiments.cpu_backend.configure() could set XLA_FLAGS (or a GPU/TPU plugin is installed "
+            "experiments.common.cpu_backend.configure() could set XLA_FLAGS (or a GPU/TPU plugin is installed "
             "and JAX_PLATFORMS was unset, so the platform was unknown until then). Results are the same "
             "but steps are slower than `python -m experiments.train`'s. To match it, start JAX with "
             f'XLA_FLAGS="{wanted}" (e.g. restart the kernel and train before any other JAX computation).',

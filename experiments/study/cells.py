@@ -98,7 +98,7 @@ class InProcess:
     """Runs cells with ``train_and_evaluate`` in this process, sharing one persistent compilation cache."""
 
     def __init__(self, compile_cache: pathlib.Path):
-        from experiments import cpu_backend
+        from experiments.common import cpu_backend
 
         cpu_backend.configure()  # before JAX's backend starts, as train_and_evaluate does
         import jax

@@ -1,15 +1,15 @@
 """The micro-batch study: normalization × images per device × seed, each cell a real training run.
 
-    python -m experiments.microbatch run --workdir runs/microbatch           # resumable; skips finished cells
-    python -m experiments.microbatch run --workdir runs/microbatch --in_process   # one process (GPU)
-    python -m experiments.microbatch report --workdir runs/microbatch --out DIR
+    python -m experiments.study.microbatch run --workdir runs/microbatch           # resumable; skips finished cells
+    python -m experiments.study.microbatch run --workdir runs/microbatch --in_process   # one process (GPU)
+    python -m experiments.study.microbatch report --workdir runs/microbatch --out DIR
 
 Only the per-device batch varies. Every cell trains the same global batch G (``global_batch_size`` of
 ``configs/microbatch.py``) for the same steps with the same optimizer, schedule and learning rate; a cell with
 b images per device spreads each global batch over G / b replicas (the paper's devices), each normalizing with
 its own batch statistics. b = G with one replica is ordinary training, the reference. The replicas are
 vmapped on each real device (``replicas_per_device``), G / b / devices of them. With
-``data_order="example"`` (see ``steps.py``) the global batch at every step holds the same examples, in the
+``data_order="example"`` (see ``trainer/steps.py``) the global batch at every step holds the same examples, in the
 same order and augmented alike, in every cell of a seed (exactly so when G divides the training-set size:
 Fashion-MNIST's 60,000 and G = 32 do), and every cell starts from the same parameters: a cell differs from
 the reference in its batch statistics and nothing else.
@@ -31,7 +31,7 @@ lock on ``CELL/.claim`` while it trains it (its trainer inherits the lock), leav
 looks at those again after its own pass, when a worker that died has freed its cell.
 
 A failed cell (e.g. a diverged run) is reported and skipped; three failures in a row stop the sweep. ``run``
-commits nothing. How one cell is trained (its child process, lock and flags): ``microbatch_cells.py``.
+commits nothing. How one cell is trained (its child process, lock and flags): ``cells.py``.
 """
 
 from __future__ import annotations
@@ -43,29 +43,16 @@ import sys
 import time
 from collections.abc import Sequence
 
-from experiments.filelock import try_lock
-from experiments.microbatch_cells import (
+from experiments.common.filelock import try_lock
+from experiments.study.cells import (
     InProcess,
     check_flags,
     is_finished,
     probe_device_count,
     train_cell,
 )
+from experiments.study.grid import BATCH_FREE, NORMALIZATIONS, PER_DEVICE_BATCHES
 
-# name -> (conv, norm) config values.
-NORMALIZATIONS = {
-    "BN": ("plain", "bn"),
-    "BN+WS": ("ws", "bn"),
-    "BCN": ("plain", "bcn"),
-    "BCN+WS": ("ws", "bcn"),
-    "GN": ("plain", "gn"),
-    "GN+WS": ("ws", "gn"),
-    "none": ("plain", "none"),  # plain convs, no normalization: the floor
-}
-# No batch statistics: each example's forward pass ignores the rest of the batch, so how the global batch is
-# split over replicas cannot change the training (WS acts on weights only).
-BATCH_FREE = frozenset({"GN", "GN+WS", "none"})
-PER_DEVICE_BATCHES = (1, 2, 4, 8, 32)
 MAX_CONSECUTIVE_FAILURES = 3  # then stop: every cell is failing, not one diverged run
 
 
@@ -250,12 +237,12 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
     if len(argv) != 2 or argv[1] not in ("run", "report"):
         raise SystemExit(
-            "usage: python -m experiments.microbatch {run,report} --workdir DIR [flags]"
+            "usage: python -m experiments.study.microbatch {run,report} --workdir DIR [flags]"
         )
     if argv[1] == "report":
-        from experiments import microbatch_report
+        from experiments.study import report
 
-        microbatch_report.write_report(FLAGS.workdir, FLAGS.out)
+        report.write_report(FLAGS.workdir, FLAGS.out)
         return
     try:
         run(

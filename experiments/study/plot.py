@@ -1,6 +1,6 @@
 """The micro-batch study's figure: accuracy vs images per device, beside the training curves.
 
-``plot(cells, path)`` takes the cells of ``microbatch_report.collect`` and draws three panels: test accuracy
+``plot(cells, path)`` takes the cells of ``report.collect`` and draws three panels: test accuracy
 (mean ± std over seeds) against images per device on a log-2 axis, one line per normalization, with BN at the
 largest b as a horizontal band (the reference); then the test accuracy and the training loss during training,
 means over seeds, for every normalization at the smallest b and for the reference.
@@ -16,8 +16,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments.microbatch import BATCH_FREE, NORMALIZATIONS  # noqa: E402
-from experiments.microbatch_stats import summarize  # noqa: E402
+from experiments.study.grid import BATCH_FREE, NORMALIZATIONS  # noqa: E402
+from experiments.study.stats import summarize  # noqa: E402
 
 # Colour per normalization family; dashed without WS, solid with it.
 STYLE = {

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import pathlib
 
-from experiments.microbatch import BATCH_FREE, NORMALIZATIONS
-from experiments.microbatch_plot import plot
-from experiments.microbatch_stats import SIGNIFICANT_SE, Stat, compare, summarize
+from experiments.study.grid import BATCH_FREE, NORMALIZATIONS
+from experiments.study.plot import plot
+from experiments.study.stats import SIGNIFICANT_SE, Stat, compare, summarize
 
 NAME_BY_SETTING = {setting: name for name, setting in NORMALIZATIONS.items()}
 

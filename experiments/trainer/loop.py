@@ -22,12 +22,13 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from experiments import data, steps
-from experiments.checkpoints import Checkpoints, newest_step
-from experiments.errors import ConfigError
-from experiments.metrics import MetricsWriter
-from experiments.profiling import StepProfiler
-from experiments.run_info import RunInfo
+from experiments.common.errors import ConfigError
+from experiments.trainer import steps
+from experiments.trainer.checkpoints import Checkpoints, newest_step
+from experiments.trainer.input import data
+from experiments.trainer.metrics import MetricsWriter
+from experiments.trainer.profiling import StepProfiler
+from experiments.trainer.run_info import RunInfo
 
 
 class NonFiniteError(FloatingPointError):
@@ -160,10 +161,8 @@ class Run:
     config: ml_collections.ConfigDict
     is_main: bool
     dataset: data.Dataset | None  # the memory path's arrays (None when streaming)
-    input: Any  # experiments.input: MemoryInput or StreamInput
-    positions: (
-        Any  # experiments.input.positions.Positions (the streaming iterator's, per checkpoint)
-    )
+    input: Any  # experiments.trainer.input: MemoryInput or StreamInput
+    positions: Any  # experiments.trainer.input.positions.Positions (the streaming iterator's, per checkpoint)
     state: steps.TrainState
     start_step: int
     total_steps: int

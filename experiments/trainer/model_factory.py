@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 import wsjax
-from experiments.errors import ConfigError
+from experiments.common.errors import ConfigError
 from wsjax import APPLY_TO
 from wsjax.models import (
     VGG,

@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import optax
 
-from experiments.errors import ConfigError
+from experiments.common.errors import ConfigError
 
 
 def learning_rate_schedule(

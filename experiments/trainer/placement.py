@@ -58,6 +58,6 @@ def plan(
     where = "this process's" if len(per_process) == 1 else "each process's"
     notice = (
         f"note: running {where} {local} CPU devices as {replicas} vmapped replicas on one device (the same "
-        f"maths; XLA:CPU's all-reduce over fake devices can stall and abort, see experiments/placement.py)."
+        f"maths; XLA:CPU's all-reduce over fake devices can stall and abort, see experiments/trainer/placement.py)."
     )
     return Placement(tuple(ds[0] for ds in per_process.values()), replicas, notice)

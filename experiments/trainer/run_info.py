@@ -14,7 +14,7 @@ import pathlib
 import time
 from typing import Any
 
-from experiments import provenance
+from experiments.common import provenance
 
 
 class RunInfo:

@@ -39,10 +39,10 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from experiments import augment
-from experiments import rng as rng_streams
+from experiments.common.mesh import AXIS
+from experiments.trainer import rng as rng_streams
+from experiments.trainer.input import augment
 
-AXIS = "batch"
 DATA_ORDERS = ("replica", "example")
 
 
@@ -70,7 +70,7 @@ class StepConfig:
     # as one batch (see _pooled_gradient).
     pool_replicas: bool = False
     data_order: str = "replica"  # replica | example (see the module docstring)
-    # The host already drew and augmented each replica's batch (experiments/input/stream.py): the step's
+    # The host already drew and augmented each replica's batch (experiments/trainer/input/stream.py): the step's
     # images/labels are the batch itself, (replicas, per_replica_batch, ...), not the replica's shard.
     streamed: bool = False
 

@@ -8,8 +8,8 @@ import pathlib
 import jax
 import numpy as np
 
-from experiments.errors import ConfigError
-from experiments.filelock import try_lock
+from experiments.common.errors import ConfigError
+from experiments.common.filelock import try_lock
 
 
 class WorkdirBusyError(RuntimeError):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device suite on the GPU machine, in one call of the device tool (see the README's "Accelerators"):
-#   run(command="bash experiments/device_suite.sh", carry=[".device"], timeout_s=600)
-# Installs the wheels prepared by `python -m experiments.prepare_device` (packages the machine lacks) into
+#   run(command="bash experiments/bench/suite/offline.sh", carry=[".device"], timeout_s=600)
+# Installs the wheels prepared by `python -m experiments.bench.suite.prepare` (packages the machine lacks) into
 # /tmp/site, then runs the suite; its results go to $OUT (the device tool returns that folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ if [ -d .device/wheels ] && ls .device/wheels/*.whl >/dev/null 2>&1; then
     --target /tmp/site .device/wheels/*.whl || exit 1
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 else
-  echo "note: no .device/wheels (run python -m experiments.prepare_device and carry .device)" >&2
+  echo "note: no .device/wheels (run python -m experiments.bench.suite.prepare and carry .device)" >&2
 fi
 export PYTHONUNBUFFERED=1
-exec python3 -m experiments.device_suite "$@"
+exec python3 -m experiments.bench.suite "$@"

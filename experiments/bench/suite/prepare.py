@@ -1,7 +1,7 @@
 """Prepares, on this machine, everything the device suite needs on the GPU machine, in one folder: ``.device/``.
 
-    python -m experiments.prepare_device      # then, with the device tool (README, "Accelerators"):
-                                              #   run(command="bash experiments/device_suite.sh",
+    python -m experiments.bench.suite.prepare      # then, with the device tool (README, "Accelerators"):
+                                              #   run(command="bash experiments/bench/suite/offline.sh",
                                               #       carry=[".device"], timeout_s=600)
 
 The GPU machine has no network, no TensorFlow and only its image's packages; the device tool sends the
@@ -10,7 +10,7 @@ working tree (at most 64 MiB) and the ignored folders named in ``carry``. So ``.
 - ``wheels/``: the pure-Python packages that machine lacks, for Python 3.12, without their dependencies
   (which it has: absl-py, PyYAML, numpy, packaging, protobuf, torch): ml-collections (the configs),
   tensorboardX (TensorBoard events), labml-nn (the PyTorch reference; the modules it uses import torch only).
-- ``data/``: the NumPy cache (``experiments/data_cache.py``) of Fashion-MNIST, made from
+- ``data/``: the NumPy cache (``experiments/trainer/input/data_cache.py``) of Fashion-MNIST, made from
   ``../shared/tensorflow_datasets`` (or TFDS's download), so training there needs no TensorFlow.
 - ``manifest.json``: the commit and source fingerprint it was prepared at, each file's size and SHA-256,
   and the size that will travel.
@@ -28,7 +28,7 @@ import pathlib
 import subprocess
 import sys
 
-from experiments.device_suite import DEVICE_DIR, REPO, source_fingerprint
+from experiments.bench.suite.runner import DEVICE_DIR, REPO, source_fingerprint
 
 # The versions this project runs with here (the venv's; labml-nn: pyproject's torch-reference extra).
 WHEELS = {"ml-collections": "1.1.0", "tensorboardX": "2.6.5", "labml-nn": "0.5.1"}
@@ -36,7 +36,7 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 SHARED_TFDS = REPO.parent / "shared" / "tensorflow_datasets"
 TRAVEL_LIMIT_BYTES = 64 * 2**20  # the device tool's limit on the working tree plus carried folders
 CARRY = [".device"]
-COMMAND = "bash experiments/device_suite.sh"
+COMMAND = "bash experiments/bench/suite/offline.sh"
 
 
 def _git(*args: str) -> str:
@@ -47,7 +47,7 @@ def _git(*args: str) -> str:
 def ignore(folder: pathlib.Path) -> None:
     """Keeps ``folder`` out of git: its own ``.gitignore``, and a line in ``.git/info/exclude``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / ".gitignore").write_text("# made by experiments/prepare_device.py\n*\n")
+    (folder / ".gitignore").write_text("# made by experiments/bench/suite/prepare.py\n*\n")
     exclude = _git("rev-parse", "--git-path", "info/exclude")
     if exclude and folder.is_relative_to(REPO):
         path = pathlib.Path(exclude) if pathlib.Path(exclude).is_absolute() else REPO / exclude
@@ -90,7 +90,7 @@ def prepare(
     out: pathlib.Path, data_dir: str | None, datasets: list[str], wheels: dict[str, str]
 ) -> dict:
     """Fills ``out`` (wheels, data cache, manifest); returns the manifest."""
-    from experiments import data
+    from experiments.trainer.input import data
 
     ignore(out)
     if wheels:

@@ -1,12 +1,12 @@
 """One prepared call on an accelerator: tests, benchmarks, time to accuracy, micro-batch speed, a profile.
 
-    bash experiments/device_suite.sh                    # on the GPU machine (installs .device/wheels first)
-    python -m experiments.device_suite --tiny           # the same script at tiny sizes: seconds, any CPU
-    python -m experiments.device_suite --parts=bench,tta
-    bash experiments/device_suite.sh --parts=study --deadline_s=540   # issue 12's study: a call of its own
-    bash experiments/device_suite.sh --parts=imagenet --deadline_s=200   # the ResNet-50 step, when time is left
+    bash experiments/bench/suite/offline.sh                    # on the GPU machine (installs .device/wheels first)
+    python -m experiments.bench.suite --tiny           # the same script at tiny sizes: seconds, any CPU
+    python -m experiments.bench.suite --parts=bench,tta
+    bash experiments/bench/suite/offline.sh --parts=study --deadline_s=540   # issue 12's study: a call of its own
+    bash experiments/bench/suite/offline.sh --parts=imagenet --deadline_s=200   # the ResNet-50 step, when time is left
 
-Each part (``experiments/accel/``) runs in its own process, one after the other, with its own time budget,
+Each part (``experiments/bench/suite/parts/``) runs in its own process, one after the other, with its own time budget,
 cut to what is left before the suite's deadline: a part that fails or overruns is recorded as such and the
 next one starts. A part records its measurements as it goes, so a part stopped at its limit keeps what it
 finished. The suite never touches the card's settings and applies no XLA:CPU flags.
@@ -35,22 +35,24 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEVICE_DIR = REPO / ".device"  # made by experiments/prepare_device.py; travels as the run's `carry`
+DEVICE_DIR = (
+    REPO / ".device"
+)  # made by experiments/bench/suite/prepare.py; travels as the run's `carry`
 # name -> (module, seconds on the GPU), in the order they run. With start-up they fit 8 of a call's 10 minutes,
 # leaving a session's 15 device minutes room for the machine's start and one rerun of a part.
 PARTS = {
-    "tests": ("experiments.accel.tests_part", 80),
-    "bench": ("experiments.accel.jax_bench", 175),
-    "tta": ("experiments.accel.time_to_accuracy", 75),
-    "torch": ("experiments.accel.torch_bench", 80),
-    "profile": ("experiments.accel.profile_step", 30),
-    "micro": ("experiments.accel.micro_speed", 35),
+    "tests": ("experiments.bench.suite.parts.tests_part", 80),
+    "bench": ("experiments.bench.suite.parts.jax_bench", 175),
+    "tta": ("experiments.bench.suite.parts.time_to_accuracy", 75),
+    "torch": ("experiments.bench.suite.parts.torch_bench", 80),
+    "profile": ("experiments.bench.suite.parts.profile_step", 30),
+    "micro": ("experiments.bench.suite.parts.micro_speed", 35),
     # Last: it gets what the others leave (they rarely use their whole budgets); skips without torch/timm.
-    "pretrained": ("experiments.accel.pretrained_check", 75),
+    "pretrained": ("experiments.bench.suite.parts.pretrained_check", 75),
     # Not in the default call. The ResNet-50 step: a rerun with time to spare (--parts=imagenet).
-    "imagenet": ("experiments.accel.imagenet_step", 150),
+    "imagenet": ("experiments.bench.suite.parts.imagenet_step", 150),
     # A call of its own (--parts=study --deadline_s=540), for the issue-12 study.
-    "study": ("experiments.accel.microbatch_study", 520),
+    "study": ("experiments.bench.suite.parts.microbatch_study", 520),
 }
 OPTIONAL_PARTS = ("imagenet", "study")
 DEFAULT_PARTS = [name for name in PARTS if name not in OPTIONAL_PARTS]
@@ -66,7 +68,7 @@ def source_fingerprint(repo: pathlib.Path = REPO) -> str:
     """SHA-256 over the Python sources (path and bytes) of wsjax/, experiments/ and tests/.
 
     The device machine gets a copy of the working tree without git: this ties its results to the commit
-    that ``prepare_device.py`` recorded with the same fingerprint.
+    that ``prepare.py`` recorded with the same fingerprint.
     """
     digest = hashlib.sha256()
     for folder in ("wsjax", "experiments", "tests"):
@@ -76,7 +78,7 @@ def source_fingerprint(repo: pathlib.Path = REPO) -> str:
 
 
 def _run_child(args: argparse.Namespace) -> None:
-    from experiments.accel.context import PartContext
+    from experiments.bench.suite.context import PartContext
 
     module = importlib.import_module(args.module)
     ctx = PartContext(
@@ -114,13 +116,13 @@ def _nvidia_smi() -> str | None:
 
 
 def _run_part(name: str, args, work: pathlib.Path, env: dict, budget: float, log) -> dict:
-    from experiments.accel.context import read_results
+    from experiments.bench.suite.context import read_results
 
     started = time.time()
     command = [
         sys.executable,
         "-m",
-        "experiments.device_suite",
+        "experiments.bench.suite",
         f"--child={name}",
         f"--module={PARTS[name][0]}",
         f"--work={work}",
@@ -189,7 +191,7 @@ def _pack(out: pathlib.Path, work: pathlib.Path, results: dict, table: str) -> N
 
 
 def run_suite(args: argparse.Namespace) -> int:
-    from experiments.accel.table import format_table
+    from experiments.bench.suite.table import format_table
 
     started = time.time()
     deadline = started + args.deadline_s
@@ -260,7 +262,3 @@ def main(argv: list[str] | None = None) -> int:
         _run_child(args)
         return 0
     return run_suite(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -78,7 +78,7 @@ def _overhead(r: dict) -> list[tuple[str, str, str]]:
 
 
 def _versus_torch(r: dict) -> list[tuple[str, str, str]]:
-    from experiments.accel.torch_bench import summarize
+    from experiments.bench.suite.parts.torch_bench import summarize
 
     torch = _part(r, "torch")
     if "skipped" in torch:
@@ -175,7 +175,7 @@ def _profile(r: dict) -> list[tuple[str, str, str]]:
 
 
 def _pretrained(r: dict) -> list[tuple[str, str, str]]:
-    from experiments.accel.pretrained_check import summarize
+    from experiments.bench.suite.parts.pretrained_check import summarize
 
     label = "pretrained: our ResNetV2 vs timm resnetv2_50x1_bit, max abs logit difference"
     return [(label, summarize(_part(r, "pretrained")), "<= 1e-4 of the scale")]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 import pathlib
 
-from experiments import data, data_cache
-from experiments.errors import ConfigError
+from experiments.common.errors import ConfigError
+from experiments.trainer.input import data, data_cache
 
 PIPELINES = ("memory", "stream", "auto")
 # The one threshold: 4 GiB of decoded training pixels (CIFAR-10: 0.15 GB, Fashion-MNIST: 0.05 GB).
@@ -49,7 +49,7 @@ def resolve(config) -> str:
     cache = data_cache.resolve_cache_dir(config.get("data_cache_dir"))
     if cache is not None and data_cache.find(cache, *data_cache.split_name_and_version(name)):
         return "memory"
-    from experiments.input import sources
+    from experiments.trainer.input import sources
 
     try:
         builder = sources.open_builder(name, config.data_dir, config.download)

@@ -1,6 +1,6 @@
 """A TFDS dataset prepared as TFRecord, rewritten as ArrayRecord (which the streaming pipeline reads).
 
-    python -m experiments.input.convert --source DATA_DIR/NAME/VERSION --out OUT_DATA_DIR
+    python -m experiments.trainer.input.convert --source DATA_DIR/NAME/VERSION --out OUT_DATA_DIR
 
 The streaming pipeline needs random access (grain samples records by index), which TFDS offers only for
 ``array_record`` files; a dataset prepared as ``tfrecord`` (TFDS's default, e.g. an ImageNet prepared earlier)

@@ -27,8 +27,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import data_cache
-from experiments.steps import AXIS
+from experiments.common.mesh import AXIS
+from experiments.trainer.input import data_cache
 
 SYNTHETIC = "synthetic"
 

@@ -1,4 +1,4 @@
-"""The memory path (``experiments/data.py``) behind the same interface as the streaming one (``stream.py``).
+"""The memory path (``experiments/trainer/input/data.py``) behind the same interface as the streaming one (``stream.py``).
 
 The training data sits on the devices and each step draws its batch there, so the step's arguments are the
 same arrays every time and the data position is a function of the step: nothing to save in a checkpoint.
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import jax.numpy as jnp
 
-from experiments import data
+from experiments.trainer.input import data
 
 
 class MemoryInput:

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import data, data_cache
-from experiments.input import transforms
+from experiments.trainer.input import data, data_cache, transforms
 
 # Datasets that TFDS cannot download: the files to place in the manual folder (TFDS's own instructions).
 MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
@@ -128,13 +127,13 @@ def _tfds_source(builder, split: str):
         raise data.DatasetUnavailableError(
             f"dataset {builder.name!r} at {folder} is prepared as {builder.info.file_format.value}, and "
             f"the streaming pipeline reads array_record: convert it once with `python -m "
-            f"experiments.input.convert --source {folder} --out NEW_DATA_DIR` and set "
+            f"experiments.trainer.input.convert --source {folder} --out NEW_DATA_DIR` and set "
             f"config.data_dir=NEW_DATA_DIR, or use config.input_pipeline='memory'."
         ) from e
 
 
 def open_sources(config) -> Sources:
-    """The train and evaluation sources of ``config.dataset`` (see :func:`experiments.input.stream.open`)."""
+    """The train and evaluation sources of ``config.dataset`` (see :func:`experiments.trainer.input.stream.open`)."""
     name, eval_split = config.dataset, config.get("eval_split", "test")
     in_memory = None
     if name == data.SYNTHETIC:

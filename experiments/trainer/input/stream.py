@@ -1,7 +1,7 @@
 """The streaming input pipeline: each process reads, decodes and augments its own shard on the host.
 
 For datasets that do not fit in memory (ImageNet: ~140 GB of JPEGs). ``config.input_pipeline="stream"`` (or
-``"auto"``, see ``choice.py``) replaces the memory path's device-resident shards (``experiments/data.py``) with
+``"auto"``, see ``choice.py``) replaces the memory path's device-resident shards (``experiments/trainer/input/data.py``) with
 host batches that the train step receives ready-made (``steps.StepConfig.streamed``).
 
 **Why grain.** The run must resume *bitwise* after ``kill -9`` (as the memory path does), on many hosts, each
@@ -49,10 +49,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments.errors import ConfigError
-from experiments.input import sources as sources_lib
-from experiments.input import transforms
-from experiments.steps import AXIS
+from experiments.common.errors import ConfigError
+from experiments.common.mesh import AXIS
+from experiments.trainer.input import sources as sources_lib
+from experiments.trainer.input import transforms
 
 AUGMENTATIONS = ("pad_crop", "inception")
 

@@ -4,7 +4,7 @@ Each function takes one image ``(H, W, C) uint8`` and, where it is random, a ``n
 hands every record its own generator, seeded from the run's seed and the record's position in the sampled
 stream, so an example's augmentation does not depend on threads, workers or restarts.
 
-- ``pad_crop_flip``: the CIFAR / Fashion-MNIST recipe of the memory path (``experiments/augment.py``): zero-pad
+- ``pad_crop_flip``: the CIFAR / Fashion-MNIST recipe of the memory path (``experiments/trainer/input/augment.py``): zero-pad
   each side by ``p``, crop back to the original size at offsets uniform in ``[0, 2p]``, mirror with probability
   1/2. Same distribution; not the same draws (the memory path draws on the device from JAX keys).
 - ``inception_crop``: Inception-style random-resized crop (Szegedy et al. 2015, torchvision's

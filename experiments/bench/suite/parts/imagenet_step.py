@@ -9,7 +9,7 @@ divided by what one host core decodes and augments (README, *Streaming input*) c
 
 from __future__ import annotations
 
-from experiments.accel.context import PartContext
+from experiments.bench.suite.context import PartContext
 
 BATCH = 128
 CASES = (  # name, norm, WS preset (each official code's), replicas per device
@@ -24,8 +24,9 @@ def run(ctx: PartContext) -> None:
     import numpy as np
     from jax.sharding import Mesh
 
-    from experiments import provenance, steps
     from experiments.bench import cases
+    from experiments.common import provenance
+    from experiments.trainer import steps
 
     # the table's headline, in a call without bench
     ctx.record("machine", provenance.describe_machine())

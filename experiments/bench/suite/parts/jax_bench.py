@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from experiments.accel.context import PartContext
+from experiments.bench.suite.context import PartContext
 
 # (measurement, per-device batch), most wanted first: compiling VGG16 for each new batch size takes seconds
 # on a GPU, and the part's budget may end the list early. Batch 64 of the bf16 curve is ws_overhead's 'ws'.
@@ -121,8 +121,9 @@ def run(ctx: PartContext) -> None:
     import numpy as np
     from jax.sharding import Mesh
 
-    from experiments import provenance, steps
     from experiments.bench import cases
+    from experiments.common import provenance
+    from experiments.trainer import steps
 
     ctx.record("machine", provenance.describe_machine())
     ctx.record("compute_capability", getattr(jax.devices()[0], "compute_capability", None))

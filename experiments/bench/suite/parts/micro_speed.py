@@ -1,6 +1,6 @@
 """Part ``micro``: the micro-batch study's emulation on one device: 8 vmapped replicas x 1 image per step.
 
-For each normalization of the study (``experiments/microbatch.py``), the study's model
+For each normalization of the study (``experiments/study/microbatch.py``), the study's model
 (``configs/microbatch.py``: a 6-conv VGG on 28x28x1; Adam, as ``bench.cases.train_step`` times every step) with ``replicas_per_device=8`` and one image per
 replica: training steps per second. After the first, the study's own cells, BN with its global batch as
 32 replicas x 1 image and as 1 x 32: steps per second and the seconds of training one cell takes (its
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from experiments.accel.context import PartContext
+from experiments.bench.suite.context import PartContext
 
 REPLICAS = 8
 TRAIN_EXAMPLES = 60_000  # Fashion-MNIST's training split: the study's epochs
@@ -32,9 +32,9 @@ def steps_per_second(config, image_shape: tuple[int, int, int], repeats: int, ca
     import numpy as np
     from jax.sharding import Mesh
 
-    from experiments import steps
     from experiments.bench import cases
     from experiments.bench.timing import stepper, time_calls
+    from experiments.trainer import steps
 
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
     setup = cases.Setup(config.model, image_shape, repeats, calls, mesh)
@@ -44,7 +44,7 @@ def steps_per_second(config, image_shape: tuple[int, int, int], repeats: int, ca
 
 def run(ctx: PartContext) -> None:
     from experiments.configs import microbatch as microbatch_config
-    from experiments.microbatch import NORMALIZATIONS
+    from experiments.study.grid import NORMALIZATIONS
 
     repeats, calls = (2, 2) if ctx.tiny else (5, 50)
     names = ["BCN+WS"] if ctx.tiny else ORDER

@@ -1,9 +1,9 @@
 """Part ``study``, not in the default call: the micro-batch study's grid trained on the accelerator.
 
-    run(command="bash experiments/device_suite.sh --parts=study --deadline_s=540", carry=[".device"],
+    run(command="bash experiments/bench/suite/offline.sh --parts=study --deadline_s=540", carry=[".device"],
         timeout_s=600)
 
-The cells of the CPU sweep (``experiments/microbatch.py`` with ``configs/microbatch.py``: the same model,
+The cells of the CPU sweep (``experiments/study/microbatch.py`` with ``configs/microbatch.py``: the same model,
 global batch, steps, optimizer and data order), with more seeds, trained by ``microbatch.run(...,
 in_process=True)``: one process, so no start-up per cell, and one compilation cache, so the cells of later
 seeds do not compile again. Seeds are outermost, so whatever finishes before the deadline is every setting
@@ -12,12 +12,12 @@ does); a part killed at its limit loses ``results["cells"]``, not the cells' rec
 
 What comes back: ``results["cells"]`` (each cell's accuracy and wall time) and, in ``files.tar.gz``, each
 cell's records under ``study/runs/CELL/`` (``config.json``, ``metrics.jsonl``, ``run_info.json``). Untar them
-into e.g. ``results/microbatch_gpu/runs`` and run ``python -m experiments.microbatch report`` on that folder.
+into e.g. ``results/microbatch_gpu/runs`` and run ``python -m experiments.study.microbatch report`` on that folder.
 """
 
 from __future__ import annotations
 
-from experiments.accel.context import PartContext
+from experiments.bench.suite.context import PartContext
 
 SEEDS = (0, 1, 2, 3, 4)
 REPORT_RESERVE_S = 10  # for collecting the cells' records once training stops
@@ -33,8 +33,9 @@ TINY_FLAGS = [
 
 
 def run(ctx: PartContext) -> None:
-    from experiments import microbatch, provenance
-    from experiments.microbatch_report import collect
+    from experiments.common import provenance
+    from experiments.study import microbatch
+    from experiments.study.report import collect
 
     # the table's headline, in a call of its own
     ctx.record("machine", provenance.describe_machine())

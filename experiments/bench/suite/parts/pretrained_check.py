@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.accel.context import PartContext
+from experiments.bench.suite.context import PartContext
 
 MODEL = "resnetv2_50x1_bit"
 GPU_IMAGES, TINY_IMAGES = (4, 224), (2, 64)  # (batch, side)

@@ -9,7 +9,7 @@ memory analyses, so that optimization can go on between GPU calls.
 
 from __future__ import annotations
 
-from experiments.accel.context import PartContext
+from experiments.bench.suite.context import PartContext
 
 GPU_BATCH, TINY_BATCH = 256, 8
 TRACED_STEPS = 5
@@ -20,9 +20,9 @@ def run(ctx: PartContext) -> None:
     import numpy as np
     from jax.sharding import Mesh
 
-    from experiments import steps
     from experiments.bench import cases
     from experiments.bench.timing import stepper
+    from experiments.trainer import steps
 
     setup = cases.Setup(
         model="vgg_tiny" if ctx.tiny else "vgg16",

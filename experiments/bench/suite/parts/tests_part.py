@@ -20,7 +20,7 @@ import tempfile
 import xml.etree.ElementTree as ElementTree
 from typing import Any
 
-from experiments.accel.context import PartContext
+from experiments.bench.suite.context import PartContext
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FILES = [

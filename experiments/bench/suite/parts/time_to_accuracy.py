@@ -15,7 +15,7 @@ import math
 import time
 from typing import Any
 
-from experiments.accel.context import PartContext
+from experiments.bench.suite.context import PartContext
 
 TARGET = 0.93
 
@@ -24,7 +24,8 @@ def train_to_target(config, target: float, time_limit_s: float) -> dict[str, Any
     """Trains ``config`` epoch by epoch; returns the curve and the training time to ``target``."""
     import jax
 
-    from experiments import loop, train
+    from experiments import train
+    from experiments.trainer import loop
 
     started = time.perf_counter()
     train.validate(config, jax.device_count())

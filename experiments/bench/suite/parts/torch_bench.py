@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from experiments.accel.context import PartContext
 from experiments.bench import torch_reference
+from experiments.bench.suite.context import PartContext
 
 GPU_BATCHES = (2, 64, 256)
 TUNED_BATCHES = (64, 256)
