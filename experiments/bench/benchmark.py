@@ -30,7 +30,7 @@ from experiments.bench import cases, microbatch_emulation
 from experiments.common import cpu_backend, provenance
 from experiments.trainer import steps
 
-RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results" / "benchmarks"
+RESULTS = pathlib.Path(__file__).resolve().parents[2] / "results" / "benchmarks"
 
 
 class _Progress:
@@ -155,7 +155,7 @@ def torch_reference(python: str, batches: list[int], setup: cases.Setup, results
     """labml-nn's PyTorch VGG16 WS+BCN step on this machine (a subprocess), and our step time over its."""
     if setup.model != "vgg16":
         raise SystemExit("error: the PyTorch reference is VGG16; drop --tiny to compare with it.")
-    repo = pathlib.Path(__file__).resolve().parents[1]
+    repo = pathlib.Path(__file__).resolve().parents[2]
     command = [python, "-m", "experiments.bench.torch_reference", f"--batches={','.join(map(str, batches))}",
                f"--repeats={setup.repeats}", f"--calls={setup.calls}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(repo)}

@@ -10,7 +10,7 @@ import subprocess
 import flax
 import jax
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def git_commit() -> str:

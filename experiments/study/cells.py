@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import IO
 
-CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "microbatch.py"
+CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "microbatch.py"
 REPO = CONFIG.parents[2]
 
 

@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 DEVICE_DIR = (
     REPO / ".device"
 )  # made by experiments/bench/suite/prepare.py; travels as the run's `carry`

@@ -22,7 +22,7 @@ from typing import Any
 
 from experiments.bench.suite.context import PartContext
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[4]
 FILES = [
     "tests/test_standardization.py",
     "tests/test_layers.py",
