@@ -132,7 +132,7 @@ class Training:
 def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
     """Devices, data, model, optimizer and the initial state of ``config``'s run (no workdir involved).
 
-    Shared by :func:`train_and_evaluate` and the device suite's time-to-accuracy part, so both train the same.
+    Shared by :func:`train_and_evaluate` and the accelerator suite's time-to-accuracy part, so both train the same.
     """
     where = placement.plan(
         jax.devices(), config.replicas_per_device, jax.default_backend(), jax.process_index()

@@ -1,6 +1,6 @@
 """What changes on an accelerator: the arithmetic of float32 convolutions, and replicas against CPU devices.
 
-These run on whatever backend JAX picks: the CPU in CI, a GPU or TPU in the device suite
+These run on whatever backend JAX picks: the CPU in CI, a GPU or TPU in the accelerator suite
 (``experiments/bench/suite/runner.py``), where they check the library's numerics at the accelerator's own
 precision and the replicas-equal-devices maths across backends.
 """
@@ -97,7 +97,7 @@ def _three_steps(devices, replicas: int):
 
 @pytest.mark.slow
 def test_replicas_on_this_backend_equal_cpu_devices():
-    """8 vmapped replicas on the default device (a GPU in the device suite) take the same three steps as
+    """8 vmapped replicas on the default device (a GPU in the accelerator suite) take the same three steps as
     8 CPU devices with one replica each: per-replica statistics, data order and gradient averaging agree
     across backends. Tolerance: float32 (at 'highest') with other reduction orders and conv algorithms."""
     cpus = jax.devices("cpu")

@@ -59,7 +59,9 @@ def test_device_precision_follows_the_jax_setting():
     h200 = types.SimpleNamespace(
         platform="gpu", device_kind="NVIDIA H200", compute_capability="9.0"
     )
-    with jax.default_matmul_precision("default"):  # (the device suite sets 'highest' for its tests)
+    with jax.default_matmul_precision(
+        "default"
+    ):  # (the accelerator suite sets 'highest' for its tests)
         assert peaks.device_precision_and_peak(h200, "float32") == ("tf32", 495e12)
     with jax.default_matmul_precision("highest"):
         assert peaks.device_precision_and_peak(h200, "float32") == ("fp32", 67e12)

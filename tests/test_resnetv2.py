@@ -116,7 +116,7 @@ def resnetv2_reference(params, x, groups, eps=1e-10, ddof=0, pool_pad=0.0):
 
 
 def _check(got, want):
-    """Equal at float32's accuracy: 1e-4 of the logits' scale (issue 13's bar)."""
+    """Equal at float32's accuracy: 1e-4 of the logits' scale (the bar the pretrained loaders are held to)."""
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 

@@ -1,4 +1,4 @@
-"""What a part of the device suite gets: its sizes, its folders, its deadline, and a record that survives it.
+"""What a part of the accelerator suite gets: its sizes, its folders, its deadline, and a record that survives it.
 
 Each part runs in its own process with a hard time limit. It writes what it has measured as it goes
 (:meth:`PartContext.record`), so that a part stopped at its limit, or failing half-way, still hands the

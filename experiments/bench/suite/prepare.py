@@ -1,22 +1,23 @@
-"""Prepares, on this machine, everything the device suite needs on the GPU machine, in one folder: ``.device/``.
+"""An offline bundle of the accelerator suite, for a GPU or TPU machine without network: one folder, ``.device/``.
 
-    python -m experiments.bench.suite.prepare      # then, with the device tool (README, "Accelerators"):
-                                              #   run(command="bash experiments/bench/suite/offline.sh",
-                                              #       carry=[".device"], timeout_s=600)
+    python -m experiments.bench.suite.prepare               # here, with network: fills .device/
+    # copy the checkout with .device/ to the offline machine, then there:
+    bash experiments/bench/suite/offline.sh --out DIR       # installs .device/wheels, runs the suite
 
-The GPU machine has no network, no TensorFlow and only its image's packages; the device tool sends the
-working tree (at most 64 MiB) and the ignored folders named in ``carry``. So ``.device/`` holds:
+A machine with network needs none of this: ``python -m experiments.bench.suite --out DIR`` there. The bundle
+is for one that has JAX (and, for the PyTorch part, torch) but cannot download anything, and may lack
+TensorFlow. ``.device/`` holds:
 
-- ``wheels/``: the pure-Python packages that machine lacks, for Python 3.12, without their dependencies
-  (which it has: absl-py, PyYAML, numpy, packaging, protobuf, torch): ml-collections (the configs),
-  tensorboardX (TensorBoard events), labml-nn (the PyTorch reference; the modules it uses import torch only).
+- ``wheels/``: the pure-Python packages such a machine usually lacks, for its Python (``--python_version``),
+  without their dependencies (absl-py, PyYAML, numpy, packaging, protobuf, torch; it must have those):
+  ml-collections (the configs), tensorboardX (TensorBoard events), labml-nn (the PyTorch reference; the
+  modules it uses import torch only).
 - ``data/``: the NumPy cache (``experiments/trainer/input/data_cache.py``) of Fashion-MNIST, made from
-  ``../shared/tensorflow_datasets`` (or TFDS's download), so training there needs no TensorFlow.
-- ``manifest.json``: the commit and source fingerprint it was prepared at, each file's size and SHA-256,
-  and the size that will travel.
+  ``--data_dir`` (or TFDS's download), so training there needs no TensorFlow.
+- ``manifest.json``: the commit and source fingerprint it was prepared at, and each file's size and SHA-256;
+  the suite's ``results.json`` repeats it, which ties the results to the commit.
 
 ``.device/`` is ignored by git (a ``.gitignore`` of its own, and ``/.device/`` in ``.git/info/exclude``).
-Run this in the checkout the device tool sends: the one the session was started in.
 """
 
 from __future__ import annotations
@@ -28,15 +29,12 @@ import pathlib
 import subprocess
 import sys
 
-from experiments.bench.suite.runner import DEVICE_DIR, REPO, source_fingerprint
+from experiments.bench.suite.runner import BUNDLE_DIR, REPO, source_fingerprint
 
 # The versions this project runs with here (the venv's; labml-nn: pyproject's torch-reference extra).
 WHEELS = {"ml-collections": "1.1.0", "tensorboardX": "2.6.5", "labml-nn": "0.5.1"}
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 SHARED_TFDS = REPO.parent / "shared" / "tensorflow_datasets"
-TRAVEL_LIMIT_BYTES = 64 * 2**20  # the device tool's limit on the working tree plus carried folders
-CARRY = [".device"]
-COMMAND = "bash experiments/bench/suite/offline.sh"
 
 
 def _git(*args: str) -> str:
@@ -58,12 +56,14 @@ def ignore(folder: pathlib.Path) -> None:
             path.write_text("".join(f"{x}\n" for x in [*lines, line]))
 
 
-def download_wheels(folder: pathlib.Path, wheels: dict[str, str]) -> list[pathlib.Path]:
-    """``pip download`` of each ``name==version`` for CPython 3.12 on x86-64 Linux, no dependencies."""
+def download_wheels(
+    folder: pathlib.Path, wheels: dict[str, str], python_version: str = "3.12"
+) -> list[pathlib.Path]:
+    """``pip download`` of each ``name==version`` for CPython ``python_version`` on x86-64 Linux, no dependencies."""
     folder.mkdir(parents=True, exist_ok=True)
     platforms = [f"--platform={p}" for p in PLATFORMS]
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--only-binary=:all:", "--python-version=3.12", "--implementation=cp", *platforms,
+               "--only-binary=:all:", f"--python-version={python_version}", "--implementation=cp", *platforms,
                f"--dest={folder}", *(f"{n}=={v}" for n, v in wheels.items())]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -78,23 +78,19 @@ def _sha256(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def travel_bytes(extra: pathlib.Path) -> int:
-    """What the device tool sends: tracked and untracked-not-ignored files, plus the carried folder."""
-    listed = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
-    files = [REPO / f for f in listed if f and (REPO / f).is_file()]
-    files += [p for p in extra.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in set(files))
-
-
 def prepare(
-    out: pathlib.Path, data_dir: str | None, datasets: list[str], wheels: dict[str, str]
+    out: pathlib.Path,
+    data_dir: str | None,
+    datasets: list[str],
+    wheels: dict[str, str],
+    python_version: str = "3.12",
 ) -> dict:
     """Fills ``out`` (wheels, data cache, manifest); returns the manifest."""
     from experiments.trainer.input import data
 
     ignore(out)
     if wheels:
-        download_wheels(out / "wheels", wheels)
+        download_wheels(out / "wheels", wheels, python_version)
     for name in datasets:
         folder = data.write_cache(name, data_dir, str(out / "data"))
         print(
@@ -109,39 +105,36 @@ def prepare(
             str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": _sha256(p)[:16]}
             for p in files
         },  # fmt: skip
-        "travel_bytes": travel_bytes(out),
-        "command": COMMAND,
-        "carry": CARRY,
+        "bytes": sum(p.stat().st_size for p in files),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    if manifest["travel_bytes"] > TRAVEL_LIMIT_BYTES:
-        raise SystemExit(
-            f"error: {manifest['travel_bytes'] / 2**20:.1f} MiB would travel, over the device tool's "
-            f"64 MiB: remove untracked files or cache fewer datasets."
-        )
     return manifest
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--out", default=str(DEVICE_DIR), help="the folder to fill (default .device)"
+        "--out", default=str(BUNDLE_DIR), help="the folder to fill (default .device)"
     )
     parser.add_argument("--data_dir", default=str(SHARED_TFDS) if SHARED_TFDS.exists() else None,
                         help="TFDS data dir to read the datasets from (default ../shared/...)")  # fmt: skip
     parser.add_argument("--datasets", default="fashion_mnist", help="comma-separated TFDS names")
     parser.add_argument("--skip_wheels", action="store_true", help="no pip download (offline)")
+    parser.add_argument(
+        "--python_version", default="3.12", help="the offline machine's Python, for its wheels"
+    )
     args = parser.parse_args(argv)
     manifest = prepare(
         pathlib.Path(args.out).resolve(),
         args.data_dir,
         [d for d in args.datasets.split(",") if d],
         {} if args.skip_wheels else WHEELS,
+        args.python_version,
     )
     print(
-        f"prepared {args.out}: {len(manifest['files'])} files; "
-        f"{manifest['travel_bytes'] / 2**20:.1f} MiB will travel (limit 64).\n"
-        f"next, with the device tool: run(command={COMMAND!r}, carry={CARRY}, timeout_s=600)"
+        f"prepared {args.out}: {len(manifest['files'])} files, {manifest['bytes'] / 2**20:.1f} MiB.\n"
+        "next, on the offline machine, from this checkout with the folder in it: "
+        "bash experiments/bench/suite/offline.sh --out DIR"
     )
 
 

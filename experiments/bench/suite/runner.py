@@ -1,20 +1,23 @@
-"""One prepared call on an accelerator: tests, benchmarks, time to accuracy, micro-batch speed, a profile.
+"""The accelerator suite: tests, benchmarks, time to accuracy, micro-batch speed and a profile, on a GPU or TPU.
 
-    bash experiments/bench/suite/offline.sh                    # on the GPU machine (installs .device/wheels first)
-    python -m experiments.bench.suite --tiny           # the same script at tiny sizes: seconds, any CPU
-    python -m experiments.bench.suite --parts=bench,tta
-    bash experiments/bench/suite/offline.sh --parts=study --deadline_s=540   # issue 12's study: a call of its own
-    bash experiments/bench/suite/offline.sh --parts=imagenet --deadline_s=200   # the ResNet-50 step, when time is left
+    python -m experiments.bench.suite --out DIR                       # the default parts, each in turn
+    python -m experiments.bench.suite --out DIR --parts=bench,tta     # some of them
+    python -m experiments.bench.suite --out DIR --parts=study --deadline_s=540   # the micro-batch study's cells
+    python -m experiments.bench.suite --out DIR --tiny                # tiny sizes: checks the suite on any CPU
 
-Each part (``experiments/bench/suite/parts/``) runs in its own process, one after the other, with its own time budget,
-cut to what is left before the suite's deadline: a part that fails or overruns is recorded as such and the
-next one starts. A part records its measurements as it goes, so a part stopped at its limit keeps what it
-finished. The suite never touches the card's settings and applies no XLA:CPU flags.
+Each part (``parts/``) runs in its own process, one after the other, with its own time budget, cut to what is
+left before ``--deadline_s`` (default: the chosen parts' budgets added up): a part that fails or overruns is
+recorded as such and the next one starts. A part records its measurements as it goes, so a part stopped at its
+limit keeps what it finished. The suite never touches the card's settings and applies no XLA:CPU flags.
 
-What comes back (``--out``, default ``$OUT``): ``results.json`` (every figure, each part's status, the
-machine), ``table.md`` (the table printed last), ``suite.log`` (every part's output), and ``files.tar.gz``
-(the training step's profiler trace, its compiled HLO, the tests' JUnit XML, the study's cell records): four
-files, as the device tool returns at most eight and no deeper than two folders.
+What it writes to ``DIR``: ``table.md`` (each figure beside its goal, also printed last), ``results.json``
+(every figure, each part's status and log tail, the machine), ``logs/PART.log`` (each part's output),
+``profile/`` (the training step's profiler trace and compiled HLO), ``tests/junit.xml`` and, for the study,
+``study/runs/CELL/`` (each cell's config, metrics and run info: what ``python -m experiments.study.microbatch
+report`` reads).
+
+On a machine without network, run ``python -m experiments.bench.suite.prepare`` first where there is one, and
+``bash experiments/bench/suite/offline.sh --out DIR`` on the offline machine (see ``prepare.py``).
 """
 
 from __future__ import annotations
@@ -30,16 +33,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-DEVICE_DIR = (
-    REPO / ".device"
-)  # made by experiments/bench/suite/prepare.py; travels as the run's `carry`
-# name -> (module, seconds on the GPU), in the order they run. With start-up they fit 8 of a call's 10 minutes,
-# leaving a session's 15 device minutes room for the machine's start and one rerun of a part.
+BUNDLE_DIR = REPO / ".device"  # the offline bundle that experiments/bench/suite/prepare.py makes
+# name -> (module, its budget in seconds on one H200-class GPU), in the order they run.
 PARTS = {
     "tests": ("experiments.bench.suite.parts.tests_part", 80),
     "bench": ("experiments.bench.suite.parts.jax_bench", 175),
@@ -51,17 +50,15 @@ PARTS = {
     "pretrained": ("experiments.bench.suite.parts.pretrained_check", 75),
     # Not in the default call. The ResNet-50 step: a rerun with time to spare (--parts=imagenet).
     "imagenet": ("experiments.bench.suite.parts.imagenet_step", 150),
-    # A call of its own (--parts=study --deadline_s=540), for the issue-12 study.
+    # Not in the default call: the micro-batch study's cells, as many as fit (--parts=study --deadline_s=540).
     "study": ("experiments.bench.suite.parts.microbatch_study", 520),
 }
 OPTIONAL_PARTS = ("imagenet", "study")
 DEFAULT_PARTS = [name for name in PARTS if name not in OPTIONAL_PARTS]
 STUDY_RECORDS = ("config.json", "metrics.jsonl", "run_info.json")  # per cell; not its checkpoints
-DEADLINE_S = 480  # from the suite's start; the wheels' install and Python's start-up come before
 TINY_BUDGET_S = 120  # at least this per part in tiny mode (on a loaded 2-core CPU)
 TINY_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-RESERVE_S = 8  # kept back for packing the results
-OUT_LIMIT_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
+RESERVE_S = 8  # kept back for writing the results
 
 
 def source_fingerprint(repo: pathlib.Path = REPO) -> str:
@@ -127,8 +124,9 @@ def _run_part(name: str, args, work: pathlib.Path, env: dict, budget: float, log
         f"--module={PARTS[name][0]}",
         f"--work={work}",
         f"--part_deadline={started + budget - 3}",
-        f"--data_cache_dir={args.data_cache_dir}",
     ]
+    if args.data_cache_dir is not None:
+        command.append(f"--data_cache_dir={args.data_cache_dir}")
     if args.tiny:
         command.append("--tiny")
     part_log = work / "logs" / f"{name}.log"
@@ -163,29 +161,17 @@ def _run_part(name: str, args, work: pathlib.Path, env: dict, budget: float, log
     return part
 
 
-def _pack(out: pathlib.Path, work: pathlib.Path, results: dict, table: str) -> None:
+def _write_results(out: pathlib.Path, work: pathlib.Path, results: dict, table: str) -> None:
+    """The results a reader looks at, from the suite's scratch folder: not the study's checkpoints."""
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "suite.log").open("w") as f:
-        for path in sorted((work / "logs").glob("*.log")):
-            f.write(f"\n===== {path.stem} =====\n")
-            f.write(path.read_text(errors="replace")[-2_000_000:])
-    members = [
-        p
-        for p in sorted(work.rglob("*"))
-        if p.is_file()
-        and (
-            p.parts[len(work.parts)] in ("profile", "tests")
-            or (p.parts[len(work.parts)] == "study" and p.name in STUDY_RECORDS)
-        )
-    ]
-    for drop_traces in (False, True):
-        with tarfile.open(out / "files.tar.gz", "w:gz") as tar:
-            for path in members:
-                if not (drop_traces and "trace" in path.parts):
-                    tar.add(path, arcname=str(path.relative_to(work)))
-        if (out / "files.tar.gz").stat().st_size <= OUT_LIMIT_BYTES:
-            break
-        results["suite"]["note"] = "the profiler trace was left out: the archive was over 15 MiB"
+    for folder in ("logs", "profile", "tests"):
+        if (work / folder).is_dir():
+            shutil.copytree(work / folder, out / folder, dirs_exist_ok=True)
+    for path in sorted((work / "study").rglob("*")) if (work / "study").is_dir() else []:
+        if path.is_file() and path.name in STUDY_RECORDS:
+            target = out / path.relative_to(work)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "table.md").write_text(table + "\n")
 
@@ -194,15 +180,17 @@ def run_suite(args: argparse.Namespace) -> int:
     from experiments.bench.suite.table import format_table
 
     started = time.time()
-    deadline = started + args.deadline_s
     names = [n.strip() for n in args.parts.split(",") if n.strip()]
     unknown = sorted(set(names) - set(PARTS))
     if unknown:
         raise SystemExit(f"error: unknown part(s) {unknown}; choose from {', '.join(PARTS)}.")
-    out = pathlib.Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="wsjax_out_"))
+    planned = {n: max(PARTS[n][1], TINY_BUDGET_S) if args.tiny else PARTS[n][1] for n in names}
+    deadline_s = args.deadline_s or sum(planned.values()) + RESERVE_S
+    deadline = started + deadline_s
+    out = pathlib.Path(args.out)
     work = pathlib.Path(tempfile.mkdtemp(prefix="wsjax_suite_"))
     env = _environment(work, args.tiny)
-    manifest = DEVICE_DIR / "manifest.json"
+    manifest = BUNDLE_DIR / "manifest.json"
     results: dict = {
         "suite": {
             "date": datetime.date.today().isoformat(),
@@ -211,13 +199,12 @@ def run_suite(args: argparse.Namespace) -> int:
             "prepared": json.loads(manifest.read_text()) if manifest.exists() else None,
             "data_cache_dir": args.data_cache_dir,
             "nvidia_smi_before": _nvidia_smi(),
-            "deadline_s": args.deadline_s,
+            "deadline_s": deadline_s,
         },
         "parts": {},
     }
     for name in names:
-        planned = max(PARTS[name][1], TINY_BUDGET_S) if args.tiny else PARTS[name][1]
-        budget = min(planned, deadline - time.time() - RESERVE_S)
+        budget = min(planned[name], deadline - time.time() - RESERVE_S)
         if budget < 10:
             results["parts"][name] = {"status": "skipped: no time left", "wall_s": 0.0}
             continue
@@ -225,7 +212,7 @@ def run_suite(args: argparse.Namespace) -> int:
     results["suite"]["nvidia_smi_after"] = _nvidia_smi()
     results["suite"]["wall_s"] = time.time() - started
     table = format_table(results)
-    _pack(out, work, results, table)
+    _write_results(out, work, results, table)
     shutil.rmtree(work, ignore_errors=True)
     print(f"[suite] results in {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     print(table)
@@ -237,21 +224,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="tiny sizes: checks the suite in seconds"
     )
-    parser.add_argument(
-        "--out", default=None, help="results folder (default: $OUT, else a new temp dir)"
-    )
+    parser.add_argument("--out", default=None, help="the folder to write the results to (required)")
     parser.add_argument(
         "--parts",
         default=",".join(DEFAULT_PARTS),
         help=f"comma-separated, from {list(PARTS)} (default: all but {', '.join(OPTIONAL_PARTS)})",
     )
     parser.add_argument(
-        "--deadline_s", type=float, default=DEADLINE_S, help="the whole suite's limit"
+        "--deadline_s",
+        type=float,
+        default=None,
+        help="the whole suite's limit in seconds (default: the chosen parts' budgets added up)",
     )
     parser.add_argument(
         "--data_cache_dir",
-        default=str(DEVICE_DIR / "data"),
-        help="the NumPy dataset cache the training parts read",
+        default=str(BUNDLE_DIR / "data") if (BUNDLE_DIR / "data").is_dir() else None,
+        help="the NumPy dataset cache the training parts read (default: the offline bundle's, if there "
+        "is one, else the trainer's own cache, filled from TFDS on first use)",
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--module", default=None, help=argparse.SUPPRESS)
@@ -261,4 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _run_child(args)
         return 0
+    if args.out is None:
+        parser.error("--out DIR is required: the folder to write the results to")
     return run_suite(args)

@@ -1,4 +1,4 @@
-"""The device suite's closing table: each figure beside its goal from issue 11, or why it is missing."""
+"""The accelerator suite's closing table: each figure beside its goal, or why it is missing."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def _profile(r: dict) -> list[tuple[str, str, str]]:
     return [
         (
             f"profile: {step['model']} {step['dtype']} step, batch {step['per_device_batch']}",
-            f"trace + HLO in files.tar.gz; {step['flops'] / 1e12:.2f} TFLOP per step",
+            f"trace + HLO in profile/; {step['flops'] / 1e12:.2f} TFLOP per step",
             "",
         )
     ]
@@ -205,7 +205,7 @@ def _study(r: dict) -> list[tuple[str, str, str]]:
     seeds = ", ".join(str(s) for s in sorted({c["seed"] for c in cells}))
     value = (
         f"{len(cells)} cells finished (seeds {seeds}), {seconds[len(seconds) // 2]:.0f} s of training per cell "
-        "(median); records in files.tar.gz study/runs/"
+        "(median); records in study/runs/"
     )
     return [(label, value, "")]
 
@@ -239,7 +239,7 @@ def format_table(results: dict) -> str:
     machine = next((m for n in results["parts"] if (m := _part(results, n).get("machine"))), {})
     suite = results["suite"]
     head = (
-        f"wsjax device suite{' (tiny: checks the suite, measures nothing)' if suite['tiny'] else ''}: "
+        f"wsjax accelerator suite{' (tiny: checks the suite, measures nothing)' if suite['tiny'] else ''}: "
         f"{machine.get('device_kind', '?')}, JAX {machine.get('jax', '?')}, source {suite['source_fingerprint']}"
         f" ({_prepared(suite)}), {suite['date']}"
     )

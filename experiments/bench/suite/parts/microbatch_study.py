@@ -1,16 +1,15 @@
 """Part ``study``, not in the default call: the micro-batch study's grid trained on the accelerator.
 
-    run(command="bash experiments/bench/suite/offline.sh --parts=study --deadline_s=540", carry=[".device"],
-        timeout_s=600)
+    python -m experiments.bench.suite --out DIR --parts=study --deadline_s=540
 
 The cells of the CPU sweep (``experiments/study/microbatch.py`` with ``configs/microbatch.py``: the same model,
 global batch, steps, optimizer and data order), with more seeds, trained by ``microbatch.run(...,
 in_process=True)``: one process, so no start-up per cell, and one compilation cache, so the cells of later
 seeds do not compile again. Seeds are outermost, so whatever finishes before the deadline is every setting
 once per finished seed. No cell starts unless the longest so far would still end in time (the first always
-does); a part killed at its limit loses ``results["cells"]``, not the cells' records in ``files.tar.gz``.
+does); a part killed at its limit loses ``results["cells"]``, not the cells' records in ``DIR/study/runs/``.
 
-What comes back: ``results["cells"]`` (each cell's accuracy and wall time) and, in ``files.tar.gz``, each
+What comes back: ``results["cells"]`` (each cell's accuracy and wall time) and, in ``DIR/study/runs/``, each
 cell's records under ``study/runs/CELL/`` (``config.json``, ``metrics.jsonl``, ``run_info.json``). Untar them
 into e.g. ``results/microbatch_gpu/runs`` and run ``python -m experiments.study.microbatch report`` on that folder.
 """

@@ -8,7 +8,7 @@ that the check tells the conventions apart. Its state dict goes through ``wsjax.
 accelerator at matmul precision ``highest``. Then the same weights under big_transfer's names (the mapping
 below, written from timm's ``_load_weights``, independent of wsjax's) through ``from_bit``, against timm's
 network with its ``StdConv2d`` eps set to BiT's 1e-10 (big_transfer's ``bit_pytorch`` equations). Each
-comparison records the max abs difference and its ratio to the logits' scale (issue 13: <= 1e-4).
+comparison records the max abs difference and its ratio to the logits' scale (the goal: <= 1e-4).
 
 torch runs on the CPU only, before JAX starts, so the two never share the accelerator's memory. Where torch
 or timm is missing (CI), the part records why and succeeds.

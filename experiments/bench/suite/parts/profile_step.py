@@ -1,10 +1,10 @@
 """Part ``profile``: a ``jax.profiler`` trace of the VGG16 WS+BCN bf16 training step, and its compiled HLO.
 
 The step is the benchmark's (``bench/cases.py``: Adam, WSConv ``apply_to='auto'``, BCN, data drawn and
-augmented on the device) at per-device batch 256. Written under ``work/profile/``, packed by the suite into
-one archive under ``$OUT``: the trace of a few steps (TensorBoard's profile plugin or Perfetto read it),
+augmented on the device) at per-device batch 256. Written under ``work/profile/``, which the suite copies
+to ``DIR/profile/``: the trace of a few steps (TensorBoard's profile plugin or Perfetto read it),
 the optimized HLO text (``compiled.as_text()``) and the StableHLO before optimization, and XLA's cost and
-memory analyses, so that optimization can go on between GPU calls.
+memory analyses, so that optimization can go on away from the GPU.
 """
 
 from __future__ import annotations
