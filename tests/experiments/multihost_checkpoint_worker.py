@@ -1,6 +1,6 @@
 """One process of test_multihost_faults.py's checkpoint-agreement test (run as a script, not collected).
 
-    python tests/multihost_checkpoint_worker.py ADDRESS NUM_PROCESSES PROCESS_ID ROOT
+    python tests/experiments/multihost_checkpoint_worker.py ADDRESS NUM_PROCESSES PROCESS_ID ROOT
 
 Joins ``jax.distributed`` at ``ADDRESS``, then restores ``ROOT/<scenario>`` (made by the test) with
 :meth:`Checkpoints.restore_latest`, one scenario after the other, and prints one JSON line per scenario: the

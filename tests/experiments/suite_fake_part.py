@@ -1,4 +1,4 @@
-"""A stand-in part for tests/test_device_suite.py: it succeeds, fails half-way, or hangs, by its name."""
+"""A stand-in part for tests/experiments/test_device_suite.py: it succeeds, fails half-way, or hangs, by its name."""
 
 import time
 

@@ -278,4 +278,4 @@ def test_data_module_does_not_import_tensorflow():
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    assert pathlib.Path(data_cache.__file__).parent == REPO / "experiments"
+    assert pathlib.Path(data_cache.__file__).parent == REPO / "experiments" / "trainer" / "input"

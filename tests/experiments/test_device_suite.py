@@ -12,7 +12,7 @@ from experiments.bench.suite import runner
 from experiments.common.cpu_backend import fake_cpu_env
 from tests.helpers import REPO, SHARED_TFDS, needs_fashion_mnist, tiny_config
 
-FAKE = "tests.suite_fake_part"
+FAKE = "tests.experiments.suite_fake_part"
 
 
 def test_a_failing_or_hanging_part_loses_nothing_else(tmp_path, monkeypatch, capsys):

@@ -51,12 +51,12 @@ def run(script: str, args: list[str], env: dict, cwd: pathlib.Path):
 
 
 def test_first_use_creates_and_installs_then_runs_pytest_from_the_repository(env, tmp_path):
-    result, log = run("test", ["-q", "tests/test_readme.py"], env, cwd=tmp_path)
+    result, log = run("test", ["-q", "tests/wsjax/test_readme.py"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"-m venv {tmp_path / 'venv'}" in log
     assert "-m pip install -e .[test]" in log
     assert "first use" in result.stderr and "pip install -e '.[test]'" in result.stderr
-    assert f"ran: -m pytest -n 2 -q tests/test_readme.py | cwd: {REPO} |" in result.stdout
+    assert f"ran: -m pytest -n 2 -q tests/wsjax/test_readme.py | cwd: {REPO} |" in result.stdout
     assert (tmp_path / "venv" / "wsjax-installed").exists()
 
     # Second use: nothing to install.

@@ -11,7 +11,9 @@ import pytest
 
 from tests.helpers import (
     FAULT_ARGS,
+    assert_bitwise_equal,
     checkpoint_steps,
+    last_logged_step,
     logged_metrics,
     read_checkpoint,
     run_cli,
@@ -29,18 +31,6 @@ ARGS = [
 ]
 
 
-def _assert_bitwise_equal(a, b):
-    for (path, x), y in zip(
-        jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b), strict=True
-    ):
-        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-
-
-def _last_logged_step(workdir) -> int:
-    path = workdir / "metrics.jsonl"
-    return logged_metrics(workdir)[-1][0] if path.exists() and path.read_text().strip() else 0
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
@@ -53,7 +43,7 @@ def test_kill_9_then_rerun_is_bitwise_identical(tmp_path, uninterrupted):
     kill_at = random.Random().randint(4, STEPS - 2)  # after the first checkpoint (step 3)
     process = start_cli([*ARGS, f"--workdir={tmp_path}"])
     wait_for(
-        lambda: _last_logged_step(tmp_path) >= kill_at or process.poll() is not None,
+        lambda: last_logged_step(tmp_path) >= kill_at or process.poll() is not None,
         what=f"step {kill_at}",
     )
     process.send_signal(signal.SIGKILL)
@@ -64,7 +54,7 @@ def test_kill_9_then_rerun_is_bitwise_identical(tmp_path, uninterrupted):
     rerun = run_cli([*ARGS, f"--workdir={tmp_path}"])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from checkpoint" in rerun.stderr
-    _assert_bitwise_equal(read_checkpoint(tmp_path, STEPS), read_checkpoint(uninterrupted, STEPS))
+    assert_bitwise_equal(read_checkpoint(tmp_path, STEPS), read_checkpoint(uninterrupted, STEPS))
     assert logged_metrics(tmp_path) == logged_metrics(uninterrupted)
 
 
@@ -78,12 +68,12 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, uninte
     assert process.returncode == 0, stderr[-3000:]
     saved = checkpoint_steps(tmp_path)[-1]
     assert f"SIGTERM: saved checkpoint {saved}" in stderr
-    assert _last_logged_step(tmp_path) <= saved
+    assert last_logged_step(tmp_path) <= saved
 
     rerun = run_cli([*ARGS, f"--workdir={tmp_path}"])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from checkpoint {saved}" in rerun.stderr
-    _assert_bitwise_equal(read_checkpoint(tmp_path, STEPS), read_checkpoint(uninterrupted, STEPS))
+    assert_bitwise_equal(read_checkpoint(tmp_path, STEPS), read_checkpoint(uninterrupted, STEPS))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
@@ -108,7 +98,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, uninterr
     assert f"resuming from checkpoint {previous}" in rerun.stderr
     assert (workdir / "unreadable_checkpoints").exists()
     # Only the damaged checkpoint's steps were redone, and they came out the same.
-    _assert_bitwise_equal(read_checkpoint(workdir, STEPS), read_checkpoint(uninterrupted, STEPS))
+    assert_bitwise_equal(read_checkpoint(workdir, STEPS), read_checkpoint(uninterrupted, STEPS))
     assert logged_metrics(workdir) == logged_metrics(uninterrupted)
 
 
@@ -142,7 +132,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     assert "Traceback" not in exploded.stderr
     assert checkpoint_steps(tmp_path)[-1] == 3  # nothing written at or after the bad step
     assert {p: p.stat().st_mtime_ns for p in files_before} == files_before
-    _assert_bitwise_equal(read_checkpoint(tmp_path, 3), good)
+    assert_bitwise_equal(read_checkpoint(tmp_path, 3), good)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(good["params"]))
 
 

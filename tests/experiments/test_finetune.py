@@ -5,7 +5,6 @@ import functools
 import jax
 import numpy as np
 import pytest
-from official_reference import Spec, state_dict
 
 import wsjax.pretrained
 from experiments import train
@@ -14,6 +13,7 @@ from experiments.configs import finetune
 from experiments.trainer import model_factory, optim, steps
 from experiments.trainer.input import data
 from tests.helpers import read_checkpoint
+from tests.official_reference import Spec, state_dict
 from wsjax.models import ImageNetResNet
 from wsjax.pretrained import _official
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from experiments.trainer.checkpoints import Checkpoints
+from tests.experiments.multihost_checkpoint_worker import SCENARIOS, state
 from tests.helpers import (
     checkpoint_steps,
     finish_processes,
@@ -25,7 +26,6 @@ from tests.helpers import (
     start_trainers,
     wait_for,
 )
-from tests.multihost_checkpoint_worker import SCENARIOS, state
 
 TIMEOUT = (
     300  # seconds for one run of both processes; a loaded 2-core machine can take minutes to start
@@ -125,7 +125,7 @@ def _truncate(folder) -> None:
 
 @pytest.mark.slow
 def test_processes_agree_on_the_step_to_resume_from(tmp_path):
-    """Checkpoints.restore_latest on two processes, one scenario each (tests/multihost_checkpoint_worker.py)."""
+    """Checkpoints.restore_latest on two processes, one scenario each (tests/experiments/multihost_checkpoint_worker.py)."""
     for name in [*SCENARIOS, "views_lagging"]:
         saved = Checkpoints(tmp_path / name, keep=5)
         for step in (1, 2) if name == "views_lagging" else (1, 2, 3):
@@ -133,7 +133,7 @@ def test_processes_agree_on_the_step_to_resume_from(tmp_path):
         saved.close()
     _truncate(tmp_path / "damaged" / "checkpoints" / "3")
 
-    command = [sys.executable, "-m", "tests.multihost_checkpoint_worker"]
+    command = [sys.executable, "-m", "tests.experiments.multihost_checkpoint_worker"]
     workers = start_processes(lambda address, i: [*command, address, "2", str(i), str(tmp_path)])
     results = finish_processes(workers, TIMEOUT)
     reports = {}

@@ -3,20 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.helpers import finish_processes, read_checkpoint, run_cli, start_trainers
-
-ARGS = [
-    "--config=experiments/configs/default.py",
-    "--config.dataset=synthetic",
-    "--config.model=vgg_tiny",
-    "--config.num_groups=4",
-    "--config.global_batch_size=16",
-    "--config.num_train_steps=3",
-    "--config.eval_every_steps=3",
-    "--config.checkpoint_every_steps=3",
-    "--config.learning_rate=0.001",
-    "--config.progress_bar=False",
-]
+from tests.helpers import TINY_ARGS, finish_processes, read_checkpoint, run_cli, start_trainers
 
 
 def _params(workdir) -> dict:
@@ -35,10 +22,12 @@ def _flatten(tree, prefix=""):
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
-    single = run_cli([*ARGS, f"--workdir={tmp_path / 'one'}"], devices=4)
+    single = run_cli([*TINY_ARGS, f"--workdir={tmp_path / 'one'}"], devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    results = finish_processes(start_trainers([*ARGS, f"--workdir={tmp_path / 'two'}"], devices=2))
+    results = finish_processes(
+        start_trainers([*TINY_ARGS, f"--workdir={tmp_path / 'two'}"], devices=2)
+    )
     for code, _, err in results:
         assert code == 0, err[-3000:]
     # Only process 0 logs.

@@ -14,14 +14,15 @@ pytest.importorskip("grain", reason="the streaming pipeline needs grain (Python 
 
 from tests.helpers import (
     FAULT_ARGS,
+    assert_bitwise_equal,
     checkpoint_steps,
+    last_logged_step,
     logged_metrics,
     read_checkpoint,
     run_cli,
     start_cli,
     wait_for,
 )
-from tests.test_faults import _assert_bitwise_equal, _last_logged_step
 
 pytestmark = pytest.mark.slow
 STEPS = 14  # synthetic: 2,048 examples, 64 steps of 32 per epoch: every kill is mid-epoch
@@ -43,7 +44,7 @@ def test_kill_9_mid_epoch_then_rerun_is_bitwise_identical(tmp_path):
     kill_at = random.Random().randint(4, STEPS - 2)  # after the first checkpoint (step 3)
     process = start_cli([*ARGS, f"--workdir={killed}"])
     wait_for(
-        lambda: _last_logged_step(killed) >= kill_at or process.poll() is not None,
+        lambda: last_logged_step(killed) >= kill_at or process.poll() is not None,
         what=f"step {kill_at}",
     )
     process.send_signal(signal.SIGKILL)
@@ -56,7 +57,7 @@ def test_kill_9_mid_epoch_then_rerun_is_bitwise_identical(tmp_path):
     rerun = run_cli([*ARGS, f"--workdir={killed}"])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from checkpoint {resumed_from}" in rerun.stderr
-    _assert_bitwise_equal(read_checkpoint(killed, STEPS), read_checkpoint(uninterrupted, STEPS))
+    assert_bitwise_equal(read_checkpoint(killed, STEPS), read_checkpoint(uninterrupted, STEPS))
     assert logged_metrics(killed) == logged_metrics(uninterrupted)
     # Positions of steps older than the oldest checkpoint kept (3 kept) are gone.
     kept = checkpoint_steps(killed)

@@ -7,14 +7,13 @@ import pytest
 
 pytest.importorskip("grain", reason="the streaming pipeline needs grain (Python >= 3.11)")
 
-from tests.helpers import finish_processes, start_trainers
-from tests.test_multiprocess import ARGS
+from tests.helpers import TINY_ARGS, finish_processes, start_trainers
 
 
 @pytest.mark.slow
 def test_two_processes_stream_their_own_shards(tmp_path):
     args = [
-        *ARGS,
+        *TINY_ARGS,
         "--config.input_pipeline=stream",
         "--config.eval_batch_size=24",  # 512 test examples: a partial last batch per process
         f"--workdir={tmp_path}",

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from official_reference import Spec, parameter_count
 
 import wsjax
+from tests.official_reference import Spec, parameter_count
 from wsjax.models import (
     Bottleneck,
     GroupNorm,

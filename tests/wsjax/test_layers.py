@@ -8,46 +8,7 @@ import pytest
 
 import wsjax
 from tests import reference
-
-CONV_CASES = {
-    "1d": dict(x=(2, 9, 4), features=6, kernel_size=(3,)),
-    "1d_causal": dict(x=(2, 9, 4), features=6, kernel_size=(3,), padding="CAUSAL"),
-    "2d": dict(x=(2, 8, 8, 4), features=6, kernel_size=(3, 3)),
-    "2d_stride_valid": dict(
-        x=(2, 9, 9, 4), features=6, kernel_size=(3, 3), strides=2, padding="VALID"
-    ),
-    "2d_circular": dict(x=(2, 8, 8, 4), features=6, kernel_size=(3, 3), padding="CIRCULAR"),
-    "2d_reflect": dict(x=(2, 8, 8, 4), features=6, kernel_size=(3, 3), padding="REFLECT"),
-    "2d_int_padding": dict(x=(2, 8, 8, 4), features=6, kernel_size=(3, 3), padding=2),
-    "2d_explicit_padding": dict(
-        x=(2, 8, 8, 4), features=6, kernel_size=(3, 3), padding=((1, 0), (2, 1))
-    ),
-    "2d_dilation": dict(x=(2, 9, 9, 4), features=6, kernel_size=(3, 3), kernel_dilation=2),
-    "2d_input_dilation": dict(
-        x=(2, 5, 5, 4), features=6, kernel_size=(3, 3), input_dilation=2, padding=((1, 1), (1, 1))
-    ),
-    "2d_groups": dict(x=(2, 8, 8, 8), features=6, kernel_size=(3, 3), feature_group_count=2),
-    "2d_depthwise": dict(x=(2, 8, 8, 4), features=8, kernel_size=(3, 3), feature_group_count=4),
-    "2d_no_bias": dict(x=(2, 8, 8, 4), features=6, kernel_size=(3, 3), use_bias=False),
-    "2d_1x1": dict(x=(2, 5, 5, 4), features=6, kernel_size=(1, 1)),
-    "3d": dict(x=(2, 5, 6, 5, 3), features=4, kernel_size=(3, 2, 3), strides=(1, 2, 1)),
-    "3d_1x1x1": dict(x=(2, 4, 4, 4, 7), features=3, kernel_size=(1, 1, 1)),
-    "unbatched": dict(x=(8, 8, 4), features=6, kernel_size=(3, 3)),
-    "two_batch_dims": dict(x=(2, 3, 8, 8, 4), features=6, kernel_size=(3, 3)),
-}
-
-
-def standardized(kernel, s: wsjax.Standardization):
-    """The NumPy reference in the convention ``s``."""
-    return reference.standardize(kernel, s.eps, 1 if s.unbiased else 0, s.eps_outside_sqrt)
-
-
-def _conv_kwargs(case):
-    return {k: v for k, v in case.items() if k != "x"}
-
-
-def _replace_kernel(params, kernel):
-    return {**params, "kernel": jnp.asarray(kernel, params["kernel"].dtype)}
+from tests.helpers import CONV_CASES, conv_kwargs, replace_kernel, standardized
 
 
 @pytest.mark.parametrize("name", CONV_CASES)
@@ -56,11 +17,11 @@ def test_ws_conv_equals_conv_with_standardized_kernel(name, preset):
     case = CONV_CASES[name]
     s = wsjax.PRESETS[preset]
     x = jax.random.normal(jax.random.key(0), case["x"])
-    ws = wsjax.WSConv(**_conv_kwargs(case), standardization=s)
+    ws = wsjax.WSConv(**conv_kwargs(case), standardization=s)
     params = ws.init(jax.random.key(1), x)["params"]
     w_hat = standardized(params["kernel"], s)
-    plain = nn.Conv(**_conv_kwargs(case))
-    want = plain.apply({"params": _replace_kernel(params, w_hat)}, x)
+    plain = nn.Conv(**conv_kwargs(case))
+    want = plain.apply({"params": replace_kernel(params, w_hat)}, x)
     got = jax.jit(ws.apply)({"params": params}, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -88,7 +49,7 @@ def test_bf16_compute_float32_params():
     got = ws.apply({"params": params}, x)
     assert got.dtype == jnp.bfloat16
     w_hat = reference.standardize(params["kernel"])
-    want = nn.Conv(6, (3, 3)).apply({"params": _replace_kernel(params, w_hat)}, x)
+    want = nn.Conv(6, (3, 3)).apply({"params": replace_kernel(params, w_hat)}, x)
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=3e-2, atol=5e-2)
 
 
@@ -119,7 +80,7 @@ def test_mask_applied_after_standardization():
     ws = wsjax.WSConv(6, (3, 3), mask=jnp.asarray(mask))
     params = ws.init(jax.random.key(1), x)["params"]
     w_hat = reference.standardize(params["kernel"]) * mask
-    want = nn.Conv(6, (3, 3)).apply({"params": _replace_kernel(params, w_hat)}, x)
+    want = nn.Conv(6, (3, 3)).apply({"params": replace_kernel(params, w_hat)}, x)
     np.testing.assert_allclose(ws.apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
 
 
@@ -141,7 +102,7 @@ def test_ws_conv_transpose(kwargs):
     ws = wsjax.WSConvTranspose(**kwargs)
     params = ws.init(jax.random.key(1), x)["params"]
     want = nn.ConvTranspose(**kwargs).apply(
-        {"params": _replace_kernel(params, reference.standardize(params["kernel"]))}, x
+        {"params": replace_kernel(params, reference.standardize(params["kernel"]))}, x
     )
     np.testing.assert_allclose(ws.apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
 
@@ -152,7 +113,7 @@ def test_ws_dense(use_bias):
     ws = wsjax.WSDense(10, use_bias=use_bias, standardization="timm")
     params = ws.init(jax.random.key(1), x)["params"]
     w_hat = reference.standardize(params["kernel"], 1e-6, 0)
-    want = nn.Dense(10, use_bias=use_bias).apply({"params": _replace_kernel(params, w_hat)}, x)
+    want = nn.Dense(10, use_bias=use_bias).apply({"params": replace_kernel(params, w_hat)}, x)
     np.testing.assert_allclose(ws.apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
 
 
@@ -164,7 +125,7 @@ def test_ws_dense(use_bias):
 def test_scaled_ws_conv(name, form, ref):
     case = CONV_CASES[name]
     x = jax.random.normal(jax.random.key(0), case["x"])
-    ws = wsjax.ScaledWSConv(**_conv_kwargs(case), form=form)
+    ws = wsjax.ScaledWSConv(**conv_kwargs(case), form=form)
     variables = ws.init(jax.random.key(1), x)
     params = dict(variables["params"])
     np.testing.assert_array_equal(params["gain"], 1.0)
@@ -172,8 +133,8 @@ def test_scaled_ws_conv(name, form, ref):
         jax.random.key(2), params["gain"].shape, minval=0.5, maxval=2
     )
     w_hat = ref(params["kernel"], params["gain"], {"nfnet": 1e-4, "timm": 1e-6}[form])
-    plain_params = {k: v for k, v in _replace_kernel(params, w_hat).items() if k != "gain"}
-    want = nn.Conv(**_conv_kwargs(case)).apply({"params": plain_params}, x)
+    plain_params = {k: v for k, v in replace_kernel(params, w_hat).items() if k != "gain"}
+    want = nn.Conv(**conv_kwargs(case)).apply({"params": plain_params}, x)
     np.testing.assert_allclose(ws.apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
 
 
@@ -228,7 +189,7 @@ def test_big_vision_convention_in_a_layer():
     layer = wsjax.WSConv(5, (3, 3), standardization="big_vision")
     params = layer.init(jax.random.key(1), x)["params"]
     w_hat = standardized(params["kernel"], wsjax.PRESETS["big_vision"])
-    want = nn.Conv(5, (3, 3)).apply({"params": _replace_kernel(params, w_hat)}, x)
+    want = nn.Conv(5, (3, 3)).apply({"params": replace_kernel(params, w_hat)}, x)
     np.testing.assert_allclose(layer.apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
 
 

@@ -9,6 +9,7 @@ from flax import nnx
 
 import wsjax
 import wsjax.nnx as wnnx
+from tests.helpers import load_into_nnx
 
 
 def _random_like(tree, seed):
@@ -21,18 +22,6 @@ def _random_like(tree, seed):
             for k, v in zip(keys, leaves, strict=True)
         ],
     )
-
-
-def _load(module: nnx.Module, params: dict, batch_stats: dict | None = None) -> None:
-    """Copies Linen variables into an NNX module with the same attribute names."""
-    state = nnx.state(module)
-    for collection in (params, batch_stats or {}):
-        for path, value in jax.tree_util.tree_flatten_with_path(collection)[0]:
-            target = state
-            for key in path:
-                target = target[key.key]
-            target[...] = value
-    nnx.update(module, state)
 
 
 MASK = jnp.ones((3, 3, 4, 6)).at[2].set(0.0)
@@ -89,7 +78,7 @@ def test_ws_layers_linen_equals_nnx(make_linen, make_nnx):
     linen = make_linen()
     params = _random_like(linen.init(jax.random.key(1), x)["params"], seed=2)
     module = make_nnx()
-    _load(module, params)
+    load_into_nnx(module, params)
     # Same operations in the same order: bit-identical, eagerly and under jit.
     np.testing.assert_array_equal(module(x), linen.apply({"params": params}, x))
     np.testing.assert_array_equal(
@@ -104,7 +93,7 @@ def test_nnx_mask_applied_after_standardization():
     linen = wsjax.WSConv(6, (3, 3), mask=jnp.asarray(mask))
     params = linen.init(jax.random.key(1), x)["params"]
     module = wnnx.WSConv(4, 6, (3, 3), mask=jnp.asarray(mask), rngs=nnx.Rngs(0))
-    _load(module, params)
+    load_into_nnx(module, params)
     np.testing.assert_array_equal(module(x), linen.apply({"params": params}, x))
 
 
@@ -126,7 +115,7 @@ def test_bcn_linen_equals_nnx_over_training_and_eval(estimate, variance_around):
     variables = linen.init(jax.random.key(0), batches[0], use_running_average=False)
     params, stats = _random_like(variables["params"], 3), variables["batch_stats"]
     module = wnnx.BatchChannelNorm(8, 4, estimate=estimate, variance_around=variance_around)
-    _load(module, params)
+    load_into_nnx(module, params)
     for x in batches[:2]:
         want, updates = linen.apply(
             {"params": params, "batch_stats": stats},

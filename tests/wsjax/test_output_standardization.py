@@ -2,7 +2,7 @@
 
 References: the NumPy standardization from the equations (tests/reference.py) applied through a plain nn.Conv,
 and for gradients the kernel-side layer, whose own gradient is checked against finite differences in
-test_standardization.py.
+tests/wsjax/test_standardization.py.
 """
 
 import flax.linen as nn
@@ -15,8 +15,7 @@ from flax import nnx
 import wsjax
 import wsjax.nnx as wnnx
 from tests import reference
-from tests.test_layers import CONV_CASES, _conv_kwargs, _replace_kernel, standardized
-from tests.test_nnx import _load
+from tests.helpers import CONV_CASES, conv_kwargs, load_into_nnx, replace_kernel, standardized
 from wsjax import standardization_statistics
 
 
@@ -31,10 +30,10 @@ def test_output_side_equals_conv_with_standardized_kernel(name, preset):
     case = CONV_CASES[name]
     s = wsjax.PRESETS[preset]
     x = jax.random.normal(jax.random.key(0), case["x"]) + 0.5  # a nonzero mean exercises conv(x, 1)
-    layer = wsjax.WSConv(**_conv_kwargs(case), apply_to="output", standardization=s)
+    layer = wsjax.WSConv(**conv_kwargs(case), apply_to="output", standardization=s)
     params = _params(layer, x)
     w_hat = standardized(params["kernel"], s)
-    want = nn.Conv(**_conv_kwargs(case)).apply({"params": _replace_kernel(params, w_hat)}, x)
+    want = nn.Conv(**conv_kwargs(case)).apply({"params": replace_kernel(params, w_hat)}, x)
     got = jax.jit(layer.apply)({"params": params}, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
 
@@ -45,8 +44,8 @@ def test_output_side_equals_conv_with_standardized_kernel(name, preset):
 def test_output_side_gradients_equal_kernel_side(name):
     case = CONV_CASES[name]
     x = jax.random.normal(jax.random.key(0), case["x"]) + 0.5
-    kernel_side = wsjax.WSConv(**_conv_kwargs(case))
-    output_side = wsjax.WSConv(**_conv_kwargs(case), apply_to="output")
+    kernel_side = wsjax.WSConv(**conv_kwargs(case))
+    output_side = wsjax.WSConv(**conv_kwargs(case), apply_to="output")
     params = _params(kernel_side, x, offset=0.05)  # a kernel mean of the order of its spread
 
     def loss(layer, params, x):
@@ -66,7 +65,7 @@ def test_output_side_stays_accurate_with_a_kernel_mean_ten_times_its_spread():
     params = {**params, "kernel": params["kernel"] + 10 * std}
     w_hat = reference.standardize(params["kernel"])
     want = nn.Conv(8, (3, 3)).apply(
-        {"params": _replace_kernel(params, w_hat)}, np.asarray(x, np.float64)
+        {"params": replace_kernel(params, w_hat)}, np.asarray(x, np.float64)
     )
     got = layer.apply({"params": params}, x)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * float(np.abs(want).max()))
@@ -131,7 +130,7 @@ def test_nnx_output_side_equals_linen(apply_to, kwargs):
     linen = wsjax.WSConv(6, (3, 3), apply_to=apply_to, **kwargs)
     params = _params(linen, x, offset=0.05)
     module = wnnx.WSConv(4, 6, (3, 3), apply_to=apply_to, rngs=nnx.Rngs(0), **kwargs)
-    _load(module, params)
+    load_into_nnx(module, params)
     np.testing.assert_allclose(module(x), linen.apply({"params": params}, x), rtol=1e-6, atol=1e-6)
     grads = nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(module)
     want = jax.grad(lambda p: jnp.sum(jnp.sin(linen.apply({"params": p}, x))))(params)

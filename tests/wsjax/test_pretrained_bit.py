@@ -4,74 +4,16 @@ The inverse mappings (Flax -> BiT .npz, Flax -> timm state dict) are written her
 loaders, from big_transfer's ``bit_pytorch/models.py`` ``load_from`` and timm's ``resnetv2.py`` names.
 """
 
-import re
-import sys
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import wsjax
-from tests.test_resnetv2 import logits_of, random_params, resnetv2_reference
+from tests import reference
+from tests.helpers import flax_to_bit, flax_to_timm, logits_of, random_params, same_params
 from wsjax.models import ResNetV2, resnetv2
 from wsjax.pretrained import WeightsMismatchError, from_bit, from_timm
-
-UNIT = re.compile(r"block(\d)_unit(\d\d)")
-
-
-def flax_to_bit(params):
-    """A BiT .npz's names and layouts: HWIO kernels, GN gamma/beta (C,), a (1, 1, C, K) conv head."""
-    out = {"resnet/root_block/standardized_conv2d/kernel": params["root_conv"]["kernel"]}
-    out["resnet/group_norm/gamma"] = params["norm_pre_head"]["scale"]
-    out["resnet/group_norm/beta"] = params["norm_pre_head"]["bias"]
-    if "head" in params:
-        out["resnet/head/conv2d/kernel"] = np.asarray(params["head"]["kernel"])[None, None]
-        out["resnet/head/conv2d/bias"] = params["head"]["bias"]
-    for name, unit in params.items():
-        match = UNIT.fullmatch(name)
-        if not match:
-            continue
-        prefix = f"resnet/block{match[1]}/unit{match[2]}"
-        for i, letter in zip("123", "abc", strict=True):
-            out[f"{prefix}/{letter}/standardized_conv2d/kernel"] = unit[f"conv{i}"]["kernel"]
-            out[f"{prefix}/{letter}/group_norm/gamma"] = unit[f"gn{i}"]["scale"]
-            out[f"{prefix}/{letter}/group_norm/beta"] = unit[f"gn{i}"]["bias"]
-        if "conv_proj" in unit:
-            out[f"{prefix}/a/proj/standardized_conv2d/kernel"] = unit["conv_proj"]["kernel"]
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def flax_to_timm(params):
-    """A timm resnetv2_*_bit state dict's names and layouts: OIHW kernels, a (K, C, 1, 1) conv head."""
-    oihw = lambda k: np.asarray(k).transpose(3, 2, 0, 1)
-    out = {
-        "stem.conv.weight": oihw(params["root_conv"]["kernel"]),
-        "norm.weight": params["norm_pre_head"]["scale"],
-        "norm.bias": params["norm_pre_head"]["bias"],
-    }
-    if "head" in params:
-        out["head.fc.weight"] = np.asarray(params["head"]["kernel"]).T[:, :, None, None]
-        out["head.fc.bias"] = params["head"]["bias"]
-    for name, unit in params.items():
-        match = UNIT.fullmatch(name)
-        if not match:
-            continue
-        prefix = f"stages.{int(match[1]) - 1}.blocks.{int(match[2]) - 1}"
-        for i in "123":
-            out[f"{prefix}.conv{i}.weight"] = oihw(unit[f"conv{i}"]["kernel"])
-            out[f"{prefix}.norm{i}.weight"] = unit[f"gn{i}"]["scale"]
-            out[f"{prefix}.norm{i}.bias"] = unit[f"gn{i}"]["bias"]
-        if "conv_proj" in unit:
-            out[f"{prefix}.downsample.conv.weight"] = oihw(unit["conv_proj"]["kernel"])
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def _same_params(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _shapes_only(model, size=224):
@@ -101,10 +43,10 @@ def test_bit_npz_round_trip_gives_the_same_logits(tiny, tmp_path):
         5,
     )
     assert loaded.conv.keywords["standardization"] == wsjax.PRESETS["bit"]
-    _same_params(variables["params"], params)
+    same_params(variables["params"], params)
     assert loaded == model
     # The loaded network's logits are BiT's equations' (the NumPy reference, GN(32)) on the written weights.
-    want = resnetv2_reference(params, x, 32)
+    want = reference.resnetv2(params, x, 32)
     got = logits_of(loaded, variables["params"], x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
@@ -125,7 +67,7 @@ def test_timm_round_trip_r50x1():
     model = resnetv2(50, 1)
     params = random_params(model, jnp.zeros((1, 64, 64, 3)))
     loaded, variables = from_timm(flax_to_timm(params), "timm/resnetv2_50x1_bit.goog_in21k_ft_in1k")
-    _same_params(variables["params"], params)
+    same_params(variables["params"], params)
     timm_std = wsjax.Standardization(eps=1e-8, unbiased=False, eps_outside_sqrt=False)
     assert loaded.conv.keywords["standardization"] == timm_std
     assert (loaded.stage_sizes, loaded.width_factor, loaded.num_classes) == ((3, 4, 6, 3), 1, 1000)
@@ -152,7 +94,7 @@ def test_a_new_head_is_zeros_and_features_only_has_none(tiny):
         "kernel"
     ].shape == (512, 7)
     assert not np.any(variables["params"]["head"]["bias"])
-    _same_params(from_bit(weights, num_classes=5)[1], from_bit(weights)[1])
+    same_params(from_bit(weights, num_classes=5)[1], from_bit(weights)[1])
     model, variables = from_bit(weights, num_classes=0)
     assert model.num_classes == 0 and "head" not in variables["params"]
     headless = {k: v for k, v in weights.items() if "/head/" not in k}
@@ -174,7 +116,7 @@ def test_bits_numbered_conv_names_are_read(tiny):
     weights = flax_to_bit(params)
     name = "resnet/block2/unit01/b/standardized_conv2d/kernel"
     weights[name.replace("conv2d/", "conv2d_1/")] = weights.pop(name)
-    _same_params(from_bit(weights)[1]["params"], params)
+    same_params(from_bit(weights)[1]["params"], params)
     weights[name] = weights[name.replace("conv2d/", "conv2d_1/")]
     with pytest.raises(WeightsMismatchError, match="have both"):
         from_bit(weights)
@@ -220,40 +162,3 @@ def test_other_files_are_refused_with_the_reason(bit_weights):
     extra = {**timm_dict, "stages.0.blocks.0.norm1.running_mean": np.zeros(256)}
     with pytest.raises(WeightsMismatchError, match="first 'stages.0.blocks.0.norm1.running_mean'"):
         from_timm(extra, "resnetv2_50x1_bit")
-
-
-def test_the_device_suite_part_skips_without_torch(tmp_path, monkeypatch):
-    """CI has no torch: the GPU check records why and succeeds; its table row says so."""
-    from experiments.bench.suite.context import PartContext, read_results
-    from experiments.bench.suite.parts import pretrained_check
-    from experiments.bench.suite.table import format_table
-
-    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
-    ctx = PartContext("pretrained", True, tmp_path, None, time.time() + 60)
-    pretrained_check.run(ctx)
-    assert list(ctx.results) == ["skipped"]
-    assert ctx.results["skipped"].startswith("torch or timm not importable: ")
-    assert read_results(ctx.results_path) == ctx.results
-    results = {
-        "suite": {"tiny": True, "source_fingerprint": "abc", "date": "2026-12-01"},
-        "parts": {"pretrained": {"status": "ok", "wall_s": 1.0, "results": ctx.results}},
-    }
-    assert "| skipped: torch or timm not importable" in format_table(results)
-    case = lambda ours, eps: {"from_timm_vs_timm_float64": {"relative": ours},
-                              "from_bit_vs_timm_eps_1e-10_float64": {"relative": 2e-5},
-                              "timm_eps_1e-8_vs_1e-10": {"relative": eps}}  # fmt: skip
-    made_up = {"timm_init": case(1.5e-5, 2e-5), "kernels_x1e-3": case(1.4e-5, 0.45)}
-    results["parts"]["pretrained"]["results"] = made_up
-    assert (
-        "| timm_init: from_timm 1.5e-05, from_bit 2.0e-05 (eps 1e-8 vs 1e-10: 2.0e-05) · "
-        "kernels_x1e-3: from_timm 1.4e-05, from_bit 2.0e-05 (eps 1e-8 vs 1e-10: 4.5e-01) of the logits' "
-        "scale, vs timm in float64 |"
-    ) in format_table(results)
-
-
-def test_the_device_checks_own_timm_to_bit_mapping(tiny):
-    """The GPU check renames timm's state dict to BiT's names by its own mapping: checked here, no torch."""
-    from experiments.bench.suite.parts.pretrained_check import timm_to_bit
-
-    _, params, _ = tiny
-    _same_params(from_bit(timm_to_bit(flax_to_timm(params)))[1]["params"], params)

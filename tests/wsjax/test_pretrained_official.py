@@ -5,8 +5,8 @@ import functools
 import jax
 import numpy as np
 import pytest
-from official_reference import Spec, forward, shapes, state_dict
 
+from tests.official_reference import Spec, forward, shapes, state_dict
 from wsjax.models import ImageNetResNet
 from wsjax.pretrained import WeightsMismatchError, _official, from_official
 

@@ -10,6 +10,7 @@ import pytest
 
 import wsjax
 from tests import reference
+from tests.helpers import logits_of, random_params
 from wsjax.models import BIT_DEPTHS, GroupNorm, ResNetV2, resnetv2
 
 TINY_GN = functools.partial(GroupNorm, num_groups=4, epsilon=1e-5, use_fast_variance=False)
@@ -21,108 +22,19 @@ def _tiny(**kwargs):
     return ResNetV2(**{**fields, **kwargs})
 
 
-def random_params(model, x, kernel_std=None, seed=0):
-    """Every parameter random (GN scale around 1, a non-zero head): init alone would hide mistakes."""
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))["params"]
-    leaves, tree = jax.tree.flatten_with_path(params)
-    rng = np.random.default_rng(seed)
-    out = []
-    for path, leaf in leaves:
-        name = jax.tree_util.keystr(path)
-        if "'scale'" in name:
-            value = 1 + 0.2 * rng.standard_normal(leaf.shape)
-        elif "'bias'" in name:
-            value = 0.2 * rng.standard_normal(leaf.shape)
-        else:
-            std = np.prod(leaf.shape[:-1]) ** -0.5
-            if kernel_std == "spread":  # per output channel, variances from 1e-11 to 1e-7
-                std = 10 ** rng.uniform(-5.5, -3.5, leaf.shape[-1])
-            value = std * rng.standard_normal(leaf.shape) + 0.3 * std  # a mean for WS to remove
-        out.append(np.asarray(value, np.float32))
-    return jax.tree.unflatten(tree, out)
-
-
-# ---- the reference: BiT's equations in float64 NumPy ----------------------------------------------
-
-
-def _ws(w, eps, ddof):
-    return reference.standardize(w, eps=eps, ddof=ddof)
-
-
-def _conv(x, w, stride, pad, eps, ddof):
-    """Standardized cross-correlation: ``y[n, p, o] = Σ_{q, c} x_pad[n, stride·p + q, c] ŵ[q, c, o]``."""
-    w = _ws(w, eps, ddof)
-    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    kh, kw = w.shape[:2]
-    ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
-    y = np.zeros((x.shape[0], ho, wo, w.shape[-1]))
-    for i in range(kh):  # one kernel tap at a time
-        for j in range(kw):
-            y += x[:, i : i + stride * ho : stride, j : j + stride * wo : stride] @ w[i, j]
-    return y
-
-
 def test_the_strided_reference_conv_is_the_definition():
     """The reference's tap-by-tap conv against tests/reference.py's position-by-position one."""
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((1, 9, 8, 3)), rng.standard_normal((3, 3, 3, 4))
-    full = reference.conv_channels_last(x, _ws(w, 1e-10, 0), [(1, 1), (1, 1)])
-    np.testing.assert_allclose(_conv(x, w, 2, 1, 1e-10, 0), full[:, ::2, ::2], rtol=1e-12)
-
-
-def _gn(x, p, groups, eps=1e-5):
-    if groups is None:  # a network without norms
-        return x
-    n, h, w, c = x.shape
-    g = x.reshape(n, h, w, groups, c // groups)
-    mean = g.mean(axis=(1, 2, 4), keepdims=True)
-    var = ((g - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True)
-    y = ((g - mean) / np.sqrt(var + eps)).reshape(x.shape)
-    return y * np.asarray(p["scale"], np.float64) + np.asarray(p["bias"], np.float64)
-
-
-def _max_pool_3x3_s2(x, pad_value):
-    x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=pad_value)
-    ho, wo = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
-    out = np.full((x.shape[0], ho, wo, x.shape[3]), -np.inf)
-    for i in range(3):
-        for j in range(3):
-            out = np.maximum(out, x[:, i : i + 2 * ho : 2, j : j + 2 * wo : 2])
-    return out
-
-
-def resnetv2_reference(params, x, groups, eps=1e-10, ddof=0, pool_pad=0.0):
-    """BiT's ResNetV2 forward (big_transfer ``bit_jax/models.py``'s equations), float64."""
-    relu = functools.partial(np.maximum, 0.0)
-    conv = functools.partial(_conv, eps=eps, ddof=ddof)
-    x = conv(np.asarray(x, np.float64), params["root_conv"]["kernel"], 2, 3)
-    x = _max_pool_3x3_s2(x, pool_pad)
-    units = sorted(k for k in params if k.startswith("block"))
-    for name in units:
-        p = params[name]
-        stride = 2 if name.endswith("unit01") and not name.startswith("block1_") else 1
-        a = relu(_gn(x, p.get("gn1"), groups))
-        shortcut = conv(a, p["conv_proj"]["kernel"], stride, 0) if "conv_proj" in p else x
-        y = conv(a, p["conv1"]["kernel"], 1, 0)
-        y = conv(relu(_gn(y, p.get("gn2"), groups)), p["conv2"]["kernel"], stride, 1)
-        y = conv(relu(_gn(y, p.get("gn3"), groups)), p["conv3"]["kernel"], 1, 0)
-        x = y + shortcut
-    x = relu(_gn(x, params.get("norm_pre_head"), groups)).mean(axis=(1, 2))
-    head = params["head"]
-    return x @ np.asarray(head["kernel"], np.float64) + np.asarray(head["bias"], np.float64)
-
-
-# ---- tests -------------------------------------------------------------------------------------
+    full = reference.conv_channels_last(x, reference.bit_standardize(w, 1e-10, 0), [(1, 1), (1, 1)])
+    np.testing.assert_allclose(
+        reference.bit_conv(x, w, 2, 1, 1e-10, 0), full[:, ::2, ::2], rtol=1e-12
+    )
 
 
 def _check(got, want):
     """Equal at float32's accuracy: 1e-4 of the logits' scale (the bar the pretrained loaders are held to)."""
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-
-
-def logits_of(model, params, x):
-    """The model's logits, compiled (eager dispatch of every op is far slower on a loaded CPU)."""
-    return np.asarray(jax.jit(functools.partial(model.apply, train=False))({"params": params}, x))
 
 
 def test_tiny_resnetv2_matches_the_numpy_reference():
@@ -133,7 +45,7 @@ def test_tiny_resnetv2_matches_the_numpy_reference():
         model = _tiny(pool_padding=pool)
         params = random_params(model, x)
         results[pool] = logits_of(model, params, x)
-        _check(results[pool], resnetv2_reference(params, x, 4, pool_pad=pad))
+        _check(results[pool], reference.resnetv2(params, x, 4, pool_pad=pad))
     # The root's output is not rectified: zero and -inf padding differ, by more than 10x the tolerance.
     diff = np.abs(results["zeros"] - results["-inf"]).max()
     assert diff > 1e-3 * np.abs(results["zeros"]).max()
@@ -144,13 +56,13 @@ def test_the_standardization_convention_is_bits():
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
     params = random_params(_tiny(), x, kernel_std="spread")
     got = logits_of(_tiny(), params, x)
-    _check(got, resnetv2_reference(params, x, 4))
+    _check(got, reference.resnetv2(params, x, 4))
     scale = np.abs(got).max()
     assert (
-        np.abs(resnetv2_reference(params, x, 4, eps=1e-8) - got).max() > 1e-3 * scale
+        np.abs(reference.resnetv2(params, x, 4, eps=1e-8) - got).max() > 1e-3 * scale
     )  # > 10x the tolerance
     timm_conv = functools.partial(wsjax.WSConv, standardization=wsjax.Standardization(1e-8, False))
-    _check(logits_of(_tiny(conv=timm_conv), params, x), resnetv2_reference(params, x, 4, eps=1e-8))
+    _check(logits_of(_tiny(conv=timm_conv), params, x), reference.resnetv2(params, x, 4, eps=1e-8))
 
 
 def test_the_variance_is_biased():
@@ -159,9 +71,9 @@ def test_the_variance_is_biased():
     model = _tiny(norm=None)
     params = random_params(model, x)
     got = logits_of(model, params, x)
-    _check(got, resnetv2_reference(params, x, None))
+    _check(got, reference.resnetv2(params, x, None))
     assert (
-        np.abs(resnetv2_reference(params, x, None, ddof=1) - got).max() > 1e-3 * np.abs(got).max()
+        np.abs(reference.resnetv2(params, x, None, ddof=1) - got).max() > 1e-3 * np.abs(got).max()
     )
 
 

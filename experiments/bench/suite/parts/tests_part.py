@@ -3,10 +3,10 @@
 The numerics tests (standardization, layers, normalizations, output-side WS, folding, models, Linen = NNX)
 compare against float64 NumPy references with float32 tolerances, so they run with
 ``JAX_DEFAULT_MATMUL_PRECISION=highest``: float32 convolutions in float32, not TF32.
-``tests/test_accelerator.py`` then checks the default precision itself (TF32 on NVIDIA) at its own
+``tests/experiments/test_accelerator.py`` then checks the default precision itself (TF32 on NVIDIA) at its own
 tolerance, and 8 vmapped replicas on the accelerator against 8 CPU devices. The tests that need 8 devices
 of one backend, TFDS, or XLA:CPU's own paths are left to CI. In tiny mode, the same command only collects
-the tests (every file and option must exist) and runs ``tests/test_peaks.py``.
+the tests (every file and option must exist) and runs ``tests/experiments/test_peaks.py``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from experiments.bench.suite.context import PartContext
 
 REPO = pathlib.Path(__file__).resolve().parents[4]
 FILES = [
-    "tests/test_standardization.py",
-    "tests/test_layers.py",
-    "tests/test_nnx.py",
-    "tests/test_normalization.py",
-    "tests/test_output_standardization.py",
-    "tests/test_folding.py",
-    "tests/test_models.py",
-    "tests/test_peaks.py",
-    "tests/test_accelerator.py",
-    "tests/test_data_cache.py",  # the TFDS tests skip where TFDS is missing; the rest runs without TF
+    "tests/wsjax/test_standardization.py",
+    "tests/wsjax/test_layers.py",
+    "tests/wsjax/test_nnx.py",
+    "tests/wsjax/test_normalization.py",
+    "tests/wsjax/test_output_standardization.py",
+    "tests/wsjax/test_folding.py",
+    "tests/wsjax/test_models.py",
+    "tests/experiments/test_peaks.py",
+    "tests/experiments/test_accelerator.py",
+    "tests/experiments/test_data_cache.py",  # the TFDS tests skip where TFDS is missing; the rest runs without TF
 ]
 WORKERS = 8  # processes sharing the GPU (no preallocation); compiling, their main cost, is on the CPU cores
 TEST_ENV = {  # what the tests run under (scripts/rehearse_device sets the same)
@@ -107,7 +107,7 @@ def run(ctx: PartContext) -> None:
         ctx.record("collect_only_exit_code", code)
         if code != 0:
             raise RuntimeError(f"collecting the suite's tests failed:\n{output[-3000:]}")
-        args = ["tests/test_peaks.py"]
+        args = ["tests/experiments/test_peaks.py"]
     else:
         args = ["-n", str(WORKERS), *FILES]
         try:
