@@ -220,7 +220,9 @@ def run_suite(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench.suite", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--tiny", action="store_true", help="tiny sizes: checks the suite in seconds"
     )
