@@ -21,22 +21,23 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import cpu_backend, data, model_factory, optim, placement, steps
-from experiments.checkpoints import (
+from experiments.common import cpu_backend
+from experiments.common.errors import ConfigError
+from experiments.trainer import model_factory, optim, placement, steps
+from experiments.trainer.checkpoints import (
     CheckpointMismatchError,
     Checkpoints,
     CheckpointViewError,
     newest_step,
 )
-from experiments.errors import ConfigError
-from experiments.input import choice
-from experiments.input.memory import MemoryInput
-from experiments.input.positions import Positions
-from experiments.loop import NonFiniteError, Preemption, Run, run_loop
-from experiments.metrics import MetricsWriter
-from experiments.profiling import StepProfiler
-from experiments.run_info import RunInfo
-from experiments.workdir import (
+from experiments.trainer.input import choice, data
+from experiments.trainer.input.memory import MemoryInput
+from experiments.trainer.input.positions import Positions
+from experiments.trainer.loop import NonFiniteError, Preemption, Run, run_loop
+from experiments.trainer.metrics import MetricsWriter
+from experiments.trainer.profiling import StepProfiler
+from experiments.trainer.run_info import RunInfo
+from experiments.trainer.workdir import (
     WorkdirBusyError,
     WorkdirLock,
     check_writable,
@@ -120,7 +121,7 @@ class Training:
 
     mesh: Mesh
     dataset: data.Dataset | None  # the memory path's arrays; None when streaming
-    input: Any  # experiments.input: MemoryInput or StreamInput (what the loop reads)
+    input: Any  # experiments.trainer.input: MemoryInput or StreamInput (what the loop reads)
     state: steps.TrainState
     schedule: Any
     steps_per_epoch: int
@@ -138,7 +139,7 @@ class Training:
 def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
     """Devices, data, model, optimizer and the initial state of ``config``'s run (no workdir involved).
 
-    Shared by :func:`train_and_evaluate` and the device suite's time-to-accuracy part, so both train the same.
+    Shared by :func:`train_and_evaluate` and the accelerator suite's time-to-accuracy part, so both train the same.
     """
     where = placement.plan(
         jax.devices(), config.replicas_per_device, jax.default_backend(), jax.process_index()
@@ -152,7 +153,9 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
     with _config_errors():
         streamed = choice.resolve(config) == "stream"
     if streamed:
-        from experiments.input.stream import StreamInput  # grain: imported only when streaming
+        from experiments.trainer.input.stream import (
+            StreamInput,  # grain: imported only when streaming
+        )
 
         with _config_errors():
             source = StreamInput(

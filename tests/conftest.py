@@ -1,14 +1,24 @@
-"""Test configuration, set before JAX starts: the experiments' XLA:CPU settings, 8 fake CPU devices and strict
-NumPy promotion rules."""
+"""Test configuration, set before JAX starts: 8 fake CPU devices, patient collectives, strict NumPy promotion.
+
+These are the tests' own settings. ``tests/experiments/conftest.py`` adds the experiments' XLA:CPU settings for
+the harness's tests, which run as ``python -m experiments.train`` does.
+"""
 
 import os
 import pathlib
 
-from experiments import cpu_backend
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# As the experiments run, and patient collectives: 8 fake devices on 2 loaded cores can exceed XLA's 40 s.
-cpu_backend.configure()
+# 8 fake devices on 2 loaded cores can keep a collective's threads waiting past XLA:CPU's 40 s: ten minutes.
+# (XLA:CPU flags; other backends ignore them.)
+PATIENT_COLLECTIVES = (
+    "--xla_cpu_collective_call_terminate_timeout_seconds=600",
+    "--xla_cpu_collective_timeout_seconds=600",
+)
+_flags = os.environ.get("XLA_FLAGS", "")
+_present = {f.split("=", 1)[0] for f in _flags.split()}
+os.environ["XLA_FLAGS"] = " ".join(
+    [_flags, *(f for f in PATIENT_COLLECTIVES if f.split("=", 1)[0] not in _present)]
+).strip()
 
 import jax  # noqa: E402
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -106,3 +108,68 @@ def conv_channels_last(x, w, padding):
             window, w, axes=(list(range(1, spatial + 2)), list(range(spatial + 1)))
         )
     return y
+
+
+# BiT's ResNetV2, forward in NumPy from BiT's equations.
+
+
+def bit_standardize(w, eps, ddof):
+    return standardize(w, eps=eps, ddof=ddof)
+
+
+def bit_conv(x, w, stride, pad, eps, ddof):
+    """Standardized cross-correlation: ``y[n, p, o] = Σ_{q, c} x_pad[n, stride·p + q, c] ŵ[q, c, o]``."""
+    w = bit_standardize(w, eps, ddof)
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kh, kw = w.shape[:2]
+    ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    y = np.zeros((x.shape[0], ho, wo, w.shape[-1]))
+    for i in range(kh):  # one kernel tap at a time
+        for j in range(kw):
+            y += x[:, i : i + stride * ho : stride, j : j + stride * wo : stride] @ w[i, j]
+    return y
+
+
+def group_norm(x, p, groups, eps=1e-5):
+    if groups is None:  # a network without norms
+        return x
+    n, h, w, c = x.shape
+    g = x.reshape(n, h, w, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+    y = ((g - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    return y * np.asarray(p["scale"], np.float64) + np.asarray(p["bias"], np.float64)
+
+
+def max_pool_3x3_s2(x, pad_value):
+    x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=pad_value)
+    ho, wo = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+    out = np.full((x.shape[0], ho, wo, x.shape[3]), -np.inf)
+    for i in range(3):
+        for j in range(3):
+            out = np.maximum(out, x[:, i : i + 2 * ho : 2, j : j + 2 * wo : 2])
+    return out
+
+
+def resnetv2(params, x, groups, eps=1e-10, ddof=0, pool_pad=0.0):
+    """BiT's ResNetV2 forward (big_transfer ``bit_jax/models.py``'s equations), float64."""
+    relu = functools.partial(np.maximum, 0.0)
+    conv = functools.partial(bit_conv, eps=eps, ddof=ddof)
+    x = conv(np.asarray(x, np.float64), params["root_conv"]["kernel"], 2, 3)
+    x = max_pool_3x3_s2(x, pool_pad)
+    units = sorted(k for k in params if k.startswith("block"))
+    for name in units:
+        p = params[name]
+        stride = 2 if name.endswith("unit01") and not name.startswith("block1_") else 1
+        a = relu(group_norm(x, p.get("gn1"), groups))
+        shortcut = conv(a, p["conv_proj"]["kernel"], stride, 0) if "conv_proj" in p else x
+        y = conv(a, p["conv1"]["kernel"], 1, 0)
+        y = conv(relu(group_norm(y, p.get("gn2"), groups)), p["conv2"]["kernel"], stride, 1)
+        y = conv(relu(group_norm(y, p.get("gn3"), groups)), p["conv3"]["kernel"], 1, 0)
+        x = y + shortcut
+    x = relu(group_norm(x, params.get("norm_pre_head"), groups)).mean(axis=(1, 2))
+    head = params["head"]
+    return x @ np.asarray(head["kernel"], np.float64) + np.asarray(head["bias"], np.float64)
+
+
+# ---- tests -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ that class: a model mixing ``nn.Conv`` and ``WSConv`` numbers them ``Conv_0, Con
 exactly as the plain model would. Explicit names, and names given by attribute in ``setup``, are untouched.
 
 Flax has no public hook for the prefix; this reads what its ``Module.__post_init__`` reads (the dynamic
-parent, its setup state and its per-prefix counter), just before Flax itself runs. ``tests/test_layers.py``
+parent, its setup state and its per-prefix counter), just before Flax itself runs. ``tests/wsjax/test_layers.py``
 pins the result against plain Flax models.
 """
 

@@ -14,10 +14,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import wsjax
-from experiments import model_factory, steps
 from experiments.bench.peaks import device_precision_and_peak
 from experiments.bench.timing import stepper, time_calls, time_interleaved
 from experiments.configs import default
+from experiments.trainer import model_factory, steps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The micro-batch study's step: its global batch G as G replicas of one image against one replica of G.
 
     python -m experiments.bench.microbatch_emulation     # alone: JSON into results/benchmarks/
-    (also a case of python -m experiments.benchmark)
+    (also a case of python -m experiments.bench.benchmark)
 
 Both steps train the same G images with the same model (``configs/microbatch.py``); at b = 1 each of the G
 replicas normalizes with its own batch statistics (``replicas_per_device = G``, vmapped on one device). Timed
@@ -61,7 +61,8 @@ if __name__ == "__main__":
     import numpy as np
     from jax.sharding import Mesh
 
-    from experiments import cpu_backend, provenance, steps
+    from experiments.common import cpu_backend, provenance
+    from experiments.trainer import steps
 
     cpu_backend.configure()  # as training and the benchmark run
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))

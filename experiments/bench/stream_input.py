@@ -5,7 +5,7 @@ PNG at 32x32x3, as TFDS stores CIFAR) and kept encoded in memory, so that storag
 Two figures per kind:
 
 - ``per_core``: one thread decoding and augmenting record after record exactly as the pipeline's transforms do
-  (``experiments/input/transforms.py``; ImageNet: random-resized crop to 224 + flip for training, resize 256 +
+  (``experiments/trainer/input/transforms.py``; ImageNet: random-resized crop to 224 + flip for training, resize 256 +
   centre crop 224 for evaluation; CIFAR: pad 4, crop, flip): images/s one host core delivers.
 - ``pipeline``: grain's ``DataLoader`` as training runs it (``Decoded`` source in ``input_threads`` reading
   threads, augmentation, batches of 64), all of this machine's cores: images/s, and per core.
@@ -26,7 +26,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from experiments.input import sources, stream, transforms
+from experiments.trainer.input import sources, stream, transforms
 
 KINDS = {
     # name: (height, width, format, augmentation)
@@ -101,8 +101,8 @@ class _Encoded:
 def imagenet_step_images_per_s(setup, tiny: bool) -> dict[str, Any] | None:
     """A ResNet-50 (GN + WS) training step on 224x224 images on this device, batch 8; None in tiny mode or
     where model_factory has no ``resnet50``."""
-    from experiments import model_factory
     from experiments.bench import cases
+    from experiments.trainer import model_factory
 
     if tiny or "resnet50" not in model_factory.MODELS:
         return None

@@ -6,7 +6,7 @@ The network is labml-nn's own (``labml_nn.normalization.weight_standardization.e
 ``Conv2d`` with weight standardization, ``BatchChannelNorm(channels, 32)``, ReLU), trained as its experiment
 does (Adam, lr 2.5e-4, cross-entropy) on random CIFAR-sized images. Its twin with plain ``nn.Conv2d`` (BCN
 kept) gives PyTorch's own WS overhead. Same timing rules as ours: warm-up excluded, median of repeats with
-min-max. ``experiments.benchmark --torch_python`` runs this in a subprocess (torch and JAX need not share an
+min-max. ``experiments.bench.benchmark --torch_python`` runs this in a subprocess (torch and JAX need not share an
 environment) and reports JAX / PyTorch step-time ratios from the same run.
 """
 

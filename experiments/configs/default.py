@@ -19,11 +19,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_dir = ml_collections.config_dict.placeholder(str)
     config.download = True  # download and prepare the dataset if it is not prepared yet
     # NumPy copy of each split, written on the first TFDS load and read (without TensorFlow) afterwards.
-    # None: ~/.cache/wsjax/datasets; "": off. See experiments/data_cache.py.
+    # None: ~/.cache/wsjax/datasets; "": off. See experiments/trainer/input/data_cache.py.
     config.data_cache_dir = ml_collections.config_dict.placeholder(str)
     # memory: the training split on the devices, batches drawn there (CIFAR, Fashion-MNIST); stream: each host
-    # reads, decodes and augments its own shard (experiments/input/stream.py; ImageNet); auto: stream when the
-    # decoded training split exceeds experiments/input/choice.py's limit or its images vary in size.
+    # reads, decodes and augments its own shard (experiments/trainer/input/stream.py; ImageNet); auto: stream when the
+    # decoded training split exceeds experiments/trainer/input/choice.py's limit or its images vary in size.
     config.input_pipeline = "auto"
     config.eval_split = "test"  # the split evaluated (ImageNet: validation)
     # pad_crop: crop_padding + horizontal_flip below, at the native size (both pipelines); inception:
@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Model.
     # vgg16 | vgg16_narrow | resnet18 | vgg_small | vgg_tiny | resnet50 | resnet101 | resnext50_32x4d |
-    # resnext101_32x4d (experiments/model_factory.py MODELS)
+    # resnext101_32x4d (experiments/trainer/model_factory.py MODELS)
     config.model = "vgg16"
     config.conv = "ws"  # ws (weight standardization) | plain
     config.ws_preset = "pytorch"  # wsjax.PRESETS key: pytorch | qiao | big_vision | bit | timm

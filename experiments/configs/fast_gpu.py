@@ -1,11 +1,11 @@
 """Fashion-MNIST to 93% test accuracy in seconds on one GPU: VGG16 + WS + BCN in bfloat16, batch 512.
 
 Run:     python -m experiments.train --config experiments/configs/fast_gpu.py --workdir runs/fast_gpu
-Timed:   python -m experiments.device_suite --parts=tta  (training wall time to 93%; compilation and
-         evaluation excluded; see experiments/accel/time_to_accuracy.py)
+Timed:   python -m experiments.bench.suite --out DIR --parts=tta  (training wall time to 93%; compilation and
+         evaluation excluded; see experiments/bench/suite/parts/time_to_accuracy.py)
 Data:    ../shared/tensorflow_datasets when it exists, else TFDS; on a machine without TensorFlow, the
-         NumPy cache: --config.data_cache_dir=.device/data (made by python -m experiments.prepare_device).
-Goal:    >= 93% on the 10,000 test images within 15 s of training on one H200 (issue 11). The recipe is
+         NumPy cache: --config.data_cache_dir=.device/data (made by python -m experiments.bench.suite.prepare).
+Goal:    >= 93% on the 10,000 test images within 15 s of training on one H200. The recipe is
          reasoned, not yet tuned on a GPU: the README's Accelerators section has what was measured.
 """
 

@@ -1,9 +1,9 @@
 """One cell of the micro-batch study: the same training run, its global batch split over 32 / b replicas.
 
-The driver ``python -m experiments.microbatch run`` sets ``conv``, ``norm``, ``replicas_per_device`` (global
+The driver ``python -m experiments.study.microbatch run`` sets ``conv``, ``norm``, ``replicas_per_device`` (global
 batch / per-device batch / devices) and ``seed`` for each cell; everything here is shared, so every cell
 trains the same steps on the same examples with the same optimizer and schedule. ``data_order="example"``
-makes each step's global batch the same whatever the split (see ``experiments/steps.py``).
+makes each step's global batch the same whatever the split (see ``experiments/trainer/steps.py``).
 
 Run one cell:  python -m experiments.train --config experiments/configs/microbatch.py --workdir runs/mb_bn \
                    --config.conv=plain --config.norm=bn
@@ -24,7 +24,9 @@ def get_config():
     config.global_batch_size = (
         32  # divides Fashion-MNIST's 60,000: identical global batches in every cell
     )
-    config.data_order = "example"  # the same global batches however they are split (see steps.py)
+    config.data_order = (
+        "example"  # the same global batches however they are split (see trainer/steps.py)
+    )
     config.optimizer = "adam"
     config.learning_rate = 1e-3
     config.schedule = "cosine"

@@ -1,0 +1,1 @@
+"""Tests of the harness (experiments/): trainer, input pipeline, study, benchmarks, accelerator suite."""

@@ -1,0 +1,108 @@
+"""Out of space while training: one clear line naming the workdir, the last checkpoint intact and in place,
+and a rerun with space that resumes to the uninterrupted run's parameters, bit for bit.
+
+The workdir sits on a small tmpfs (root can mount one, as on this project's machines and CI; elsewhere the
+test skips); once the first checkpoint is written the test fills the filesystem, so that the next write of
+the run (a checkpoint or a metrics line) fails with ENOSPC.
+"""
+
+import errno
+import os
+import subprocess
+
+import pytest
+
+from experiments.trainer.workdir import is_out_of_space, out_of_space_message
+from tests.helpers import (
+    FAULT_ARGS,
+    checkpoint_steps,
+    read_checkpoint,
+    run_cli,
+    start_cli,
+    wait_for,
+)
+
+STEPS = 9
+ARGS = [*FAULT_ARGS, f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=3"]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256M", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory) -> None:
+    """Writes a ballast file until the filesystem is full (unbuffered: nothing left to flush at close)."""
+    with open(directory / "ballast", "wb", buffering=0) as f:
+        for block in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * block)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_clearly_and_the_rerun_resumes_bitwise(tmp_path, small_filesystem):
+    uninterrupted = tmp_path / "uninterrupted"
+    assert run_cli([*ARGS, f"--workdir={uninterrupted}"]).returncode == 0
+
+    workdir = small_filesystem / "run"
+    process = start_cli([*ARGS, f"--workdir={workdir}", "--config.log_every_steps=1"])
+    wait_for(
+        lambda: 3 in checkpoint_steps(workdir) or process.poll() is not None, what="checkpoint 3"
+    )
+    _fill(small_filesystem)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0, "the run finished although the disk was full"
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(workdir) in last and "space" in last, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert checkpoint_steps(workdir) == [3], (
+        "the checkpoint before the failure is the newest, in place"
+    )
+    assert not (workdir / "unreadable_checkpoints").exists()
+
+    os.remove(small_filesystem / "ballast")
+    rerun = run_cli([*ARGS, f"--workdir={workdir}"])
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from checkpoint 3" in rerun.stderr
+
+    a, b = read_checkpoint(workdir, STEPS), read_checkpoint(uninterrupted, STEPS)
+    import jax
+    import numpy as np
+
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_full_disk_is_recognized_however_it_is_reported():
+    assert is_out_of_space(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    # tensorstore's status message, and an error raised while handling one
+    tensorstore = ValueError(
+        "RESOURCE_EXHAUSTED: Error writing ... [OS error: No space left on device]"
+    )
+    assert is_out_of_space(tensorstore)
+    try:
+        try:
+            raise tensorstore
+        except ValueError as e:
+            raise RuntimeError("save failed") from e
+    except RuntimeError as chained:
+        assert is_out_of_space(chained)
+    assert not is_out_of_space(OSError(errno.EACCES, "Permission denied"))
+    assert not is_out_of_space(ValueError("shapes differ"))
+    line = out_of_space_message("/data/run", 3)
+    assert "/data/run" in line and "resumes from checkpoint 3" in line and "\n" not in line
+    assert "starts from the beginning" in out_of_space_message("/data/run", 0)
