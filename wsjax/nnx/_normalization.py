@@ -20,13 +20,13 @@ from wsjax._dtypes import output_dtype
 
 def _affine_params(
     shape: tuple[int, ...], use_scale: bool, use_bias: bool, param_dtype: Any
-) -> tuple[nnx.Param | None, nnx.Param | None]:
+) -> tuple[nnx.Param[jax.Array] | None, nnx.Param[jax.Array] | None]:
     scale = nnx.Param(jnp.ones(shape, param_dtype)) if use_scale else None
     bias = nnx.Param(jnp.zeros(shape, param_dtype)) if use_bias else None
     return scale, bias
 
 
-def _value(variable: nnx.Variable | None) -> jax.Array | None:
+def _value(variable: nnx.Variable[jax.Array] | None) -> jax.Array | None:
     return None if variable is None else variable[...]
 
 
@@ -186,9 +186,16 @@ class ChannelNorm(nnx.Module):
 class _BatchNorm(nnx.BatchNorm):
     """``nnx.BatchNorm`` that also runs under JAX's ``'strict'`` dtype promotion (as ``wsjax._flax_norms``)."""
 
-    def __call__(self, x, use_running_average=None, *, mask=None):
+    def __call__(
+        self,
+        x: jax.Array,
+        use_running_average: bool | None = None,
+        *,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
         with jax.numpy_dtype_promotion("standard"):
-            return super().__call__(x, use_running_average, mask=mask)
+            y: jax.Array = super().__call__(x, use_running_average, mask=mask)
+        return y
 
 
 class BatchChannelNorm(nnx.Module):
