@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # Deprecated aliases, kept for one release (module-level __getattr__, PEP 562, so that only their use warns).
     if name == "conv_general_dilated":
         _warnings.warn(

@@ -15,14 +15,22 @@ import jax
 class BatchNorm(nn.BatchNorm):
     """``nn.BatchNorm`` that also runs under ``'strict'`` dtype promotion (module docstring)."""
 
-    def __call__(self, x, use_running_average=None, *, mask=None):
+    def __call__(
+        self,
+        x: jax.Array,
+        use_running_average: bool | None = None,
+        *,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
         with jax.numpy_dtype_promotion("standard"):
-            return super().__call__(x, use_running_average, mask=mask)
+            y: jax.Array = super().__call__(x, use_running_average, mask=mask)
+        return y
 
 
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` that also runs under ``'strict'`` dtype promotion (module docstring)."""
 
-    def __call__(self, x, *, mask=None):
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         with jax.numpy_dtype_promotion("standard"):
-            return super().__call__(x, mask=mask)
+            y: jax.Array = super().__call__(x, mask=mask)
+        return y

@@ -6,6 +6,7 @@ stored instead and the model run with plain layers, saving the per-call statisti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -54,9 +55,15 @@ def fold_weight_standardization(
         )
     ws_layers: dict[tuple[str, ...], nn.Module] = {}
 
-    def record_ws_layers(next_fun, call_args, call_kwargs, context):
+    def record_ws_layers(
+        next_fun: Callable[..., Any],
+        call_args: tuple[Any, ...],
+        call_kwargs: dict[str, Any],
+        context: nn.module.InterceptorContext,
+    ) -> Any:
         module = context.module
         if context.method_name == "__call__" and is_standardized(module):
+            assert module.scope is not None  # an intercepted call is on a bound module
             ws_layers[module.scope.path] = module.clone(parent=None)
         return next_fun(*call_args, **call_kwargs)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -62,7 +62,9 @@ class _StandardizesKernel(nn.Module):
             object.__setattr__(self, name, None)
         super().__post_init__()
 
-    def param(self, name: str, init_fn: Callable[..., Any], *init_args, **init_kwargs) -> Any:
+    def param(
+        self, name: str, init_fn: Callable[..., Any], *init_args: Any, **init_kwargs: Any
+    ) -> Any:
         """``nn.Module.param``, but the ``kernel`` comes back standardized (the parent computes with it).
 
         Args:
@@ -88,7 +90,7 @@ class _StandardizesKernel(nn.Module):
         Returns:
           ``self.standardization.kernel(params["kernel"])``.
         """
-        return self.standardization.kernel(params["kernel"])
+        return _resolved(self).kernel(params["kernel"])
 
 
 class WSConv(_StandardizesKernel, OutputSide, nn.Conv):
@@ -157,14 +159,20 @@ class WSConv(_StandardizesKernel, OutputSide, nn.Conv):
             return super().__call__(inputs)
         # The output side: a plain nn.Conv bound to this layer's own scope, so with the same parameters
         # (names, shapes and initialization), computes conv(x, w) + b with the raw kernel; then the correction.
-        plain = nn.Conv(**_conv_arguments(self), parent=self.scope)
+        # (Flax takes a Scope for a parent, as Module.apply passes one; its annotation names Modules only.)
+        plain = nn.Conv(**_conv_arguments(self), parent=self.scope)  # type: ignore[arg-type]
         return standardize_output(
             plain(inputs),
             self.get_variable("params", "kernel"),
             self._window_sums(inputs),
             self.get_variable("params", "bias") if self.use_bias else None,
-            self.standardization,
+            _resolved(self),
         )
+
+
+def _resolved(layer: _StandardizesKernel) -> Standardization:
+    """``layer.standardization``, a :class:`Standardization` once built (the field also takes a name)."""
+    return cast(Standardization, layer.standardization)
 
 
 def _conv_arguments(layer: nn.Conv) -> dict[str, Any]:
@@ -239,7 +247,9 @@ class ScaledWSConv(nn.Conv):
         _name_as_extended_layer(self)
         super().__post_init__()
 
-    def param(self, name: str, init_fn: Callable[..., Any], *init_args, **init_kwargs) -> Any:
+    def param(
+        self, name: str, init_fn: Callable[..., Any], *init_args: Any, **init_kwargs: Any
+    ) -> Any:
         """``nn.Module.param``; asked for the ``kernel``, creates ``gain`` too and returns :math:`\\hat w`.
 
         Args:

@@ -72,7 +72,9 @@ def std_from_var(var: jax.Array) -> jax.Array:
 
 
 @std_from_var.defjvp
-def _std_from_var_jvp(primals, tangents):
+def _std_from_var_jvp(
+    primals: tuple[jax.Array], tangents: tuple[jax.Array]
+) -> tuple[jax.Array, jax.Array]:
     (var,), (d_var,) = primals, tangents
     std = jnp.sqrt(var)
     positive = var > 0
@@ -97,19 +99,26 @@ def mean_and_var(w: jax.Array, ddof: int) -> tuple[jax.Array, jax.Array]:
     return mean, jnp.maximum(sum_sq, 0.0) / (fan_in - ddof)
 
 
-def mean_and_var_forward(w: jax.Array, ddof: int):
+def mean_and_var_forward(
+    w: jax.Array, ddof: int
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     mean, var = mean_and_var(w, ddof)
     return (mean, var), (w, mean)
 
 
-def mean_and_var_backward(ddof: int, residuals, cotangents):
+def mean_and_var_backward(
+    ddof: int, residuals: tuple[jax.Array, jax.Array], cotangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array]:
     # d mean / dw = 1 / n and d var / dw = 2 (w - mean) / (n - ddof). Written out so that the backward pass
     # recomputes w - mean inside one elementwise fusion: left to autodiff, the forward pass would keep
     # w - mean as a residual, i.e. write a kernel-sized array that costs as much as the statistics.
     w, mean = residuals
     d_mean, d_var = cotangents
     fan_in = math.prod(w.shape[:-1])
-    per_channel = lambda v: v.reshape((1,) * (w.ndim - 1) + (-1,))  # noqa: E731
+
+    def per_channel(v: jax.Array) -> jax.Array:
+        return v.reshape((1,) * (w.ndim - 1) + (-1,))
+
     return (
         per_channel(d_mean / fan_in)
         + (w - per_channel(mean)) * per_channel(2.0 * d_var / (fan_in - ddof)),

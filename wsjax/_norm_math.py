@@ -36,7 +36,8 @@ def batch_moments(
         def pmean(v: jax.Array) -> jax.Array:
             if axis_name is None:
                 return v
-            return lax.pmean(v, axis_name, axis_index_groups=axis_index_groups)
+            out: jax.Array = lax.pmean(v, axis_name, axis_index_groups=axis_index_groups)
+            return out
 
         if not fast_variance:
             mean = pmean(jnp.mean(x, axis=reduce_axes))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import flax.linen as nn
 import jax
@@ -137,7 +137,8 @@ def window_sums(
             jnp.shape(inputs)[:-1] + (feature_group_count, in_per_group)
         )
         ones = jnp.ones((*kernel_size, 1, feature_group_count), dtype)
-        return ones_conv.apply({"params": {"kernel": ones}}, jnp.sum(grouped, axis=-1))
+        sums = ones_conv.apply({"params": {"kernel": ones}}, jnp.sum(grouped, axis=-1))
+        return cast(jax.Array, sums)  # apply returns the output alone when nothing is mutable
 
 
 def conv_fan_in(kernel_size: int | Sequence[int], in_features: int, groups: int) -> int:
@@ -167,7 +168,10 @@ def standardize_output(
     """
     mean, scale = standardization.statistics(kernel)
     with jax.named_scope("ws_output_correction"):
-        per_channel = lambda v: v.reshape((1,) * (conv_output.ndim - 1) + (-1,))  # noqa: E731
+
+        def per_channel(v: jax.Array) -> jax.Array:
+            return v.reshape((1,) * (conv_output.ndim - 1) + (-1,))
+
         groups = sums.shape[-1]
         # One group broadcasts as it is; several are repeated out to their channels.
         channel_sums = (
@@ -188,6 +192,20 @@ class OutputSide:
     ``feature_group_count``, ``precision``, ``mask``, ``dtype``, ``param_dtype``, ``conv_general_dilated``),
     so one pair of methods serves both. The decision itself stays in each ``WSConv.__call__``.
     """
+
+    if TYPE_CHECKING:  # the convolution's own, as each module system declares them
+        apply_to: str
+        kernel_size: Any
+        feature_group_count: int
+        strides: Any
+        padding: Any
+        input_dilation: Any
+        kernel_dilation: Any
+        precision: Any
+        mask: jax.Array | None
+        dtype: Any
+        param_dtype: Any
+        conv_general_dilated: Any
 
     def _standardizes_output(self, inputs: jax.Array) -> bool:
         """Whether this call standardizes the output (``apply_to`` and the call's shapes and dtypes)."""

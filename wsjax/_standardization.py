@@ -196,7 +196,7 @@ def as_standardization(
                 f"{value!r}."
             )
         value = Standardization(eps=value)  # the old positional eps (a number, or a traced scalar)
-    overrides = dict(eps=eps, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt)
+    overrides: dict[str, Any] = dict(eps=eps, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt)
     overrides = {name: v for name, v in overrides.items() if v is not None}
     return dataclasses.replace(value, **overrides) if overrides else value
 

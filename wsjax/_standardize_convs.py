@@ -67,7 +67,12 @@ class StandardizedConvs(nn.Module):
         options = {"standardization": self.standardization}
         inside: list[nn.Module] = []  # the wsjax layer being called, if any
 
-        def standardize(next_fun, call_args, call_kwargs, context):
+        def standardize(
+            next_fun: Callable[..., Any],
+            call_args: tuple[Any, ...],
+            call_kwargs: dict[str, Any],
+            context: Any,
+        ) -> Any:
             module = context.module
             ws_class = _ws_class(module, dense)
             # Whatever a wsjax layer calls (its plain convolution on its own parameters, the convolution of

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import DTypeLike
 
 __all__ = ["conv_general_dilated", "takes_shifted_matmul_path"]
 
@@ -47,7 +49,7 @@ def takes_shifted_matmul_path(
     padding: str | Sequence[tuple[int, int]],
     lhs_dilation: Sequence[int] | None = None,
     rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
+    dimension_numbers: lax.ConvGeneralDilatedDimensionNumbers = None,
     feature_group_count: int = 1,
     batch_group_count: int = 1,
     backend: str | None = None,
@@ -86,15 +88,15 @@ def takes_shifted_matmul_path(
 
 
 def _fits_shifted_matmuls(
-    lhs_shape,
-    rhs_shape,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
+    lhs_shape: Sequence[int],
+    rhs_shape: Sequence[int],
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None,
+    rhs_dilation: Sequence[int] | None,
+    dimension_numbers: Any,
+    feature_group_count: int,
+    batch_group_count: int,
 ) -> bool:
     """The shape conditions of :func:`takes_shifted_matmul_path`, whatever the platform."""
     ndim = len(lhs_shape)
@@ -119,15 +121,23 @@ def _fits_shifted_matmuls(
     return all(0 < o < k for o, k in zip(out, kernel, strict=True))
 
 
-def _explicit_padding(lhs_shape, kernel, padding) -> list[tuple[int, int]]:
+def _explicit_padding(
+    lhs_shape: Sequence[int], kernel: Sequence[int], padding: str | Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
     if isinstance(padding, str):  # 'SAME', 'VALID', 'SAME_LOWER' at stride 1
         return lax.padtype_to_pads(
             tuple(lhs_shape[1:-1]), tuple(kernel), (1,) * len(kernel), padding
         )
-    return [tuple(p) for p in padding]
+    return [(lo, hi) for lo, hi in padding]
 
 
-def _shifted_matmuls(lhs, rhs, padding, precision, preferred_element_type):
+def _shifted_matmuls(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    padding: str | Sequence[tuple[int, int]],
+    precision: lax.PrecisionLike,
+    preferred_element_type: DTypeLike | None,
+) -> jax.Array:
     spatial = lhs.ndim - 2
     padding = _explicit_padding(lhs.shape, rhs.shape[:spatial], padding)
     # lax.pad takes negative padding too (cropping), as the convolution does.
@@ -140,7 +150,7 @@ def _shifted_matmuls(lhs, rhs, padding, precision, preferred_element_type):
     # Low-precision floats are summed in float32, as XLA's convolution does; float32/64 in their own width.
     narrow_float = jnp.issubdtype(result_dtype, jnp.floating) and jnp.finfo(result_dtype).bits < 32
     accumulate = jnp.float32 if narrow_float else result_dtype
-    total = None
+    total: jax.Array | None = None
     for tap in itertools.product(*(range(k) for k in kernel)):
         window = lax.slice(
             padded,
@@ -155,6 +165,7 @@ def _shifted_matmuls(lhs, rhs, padding, precision, preferred_element_type):
             preferred_element_type=accumulate,
         )
         total = term if total is None else total + term
+    assert total is not None  # a kernel has at least one tap
     return total.astype(result_dtype)
 
 
@@ -165,12 +176,12 @@ def conv_general_dilated(
     padding: str | Sequence[tuple[int, int]],
     lhs_dilation: Sequence[int] | None = None,
     rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
+    dimension_numbers: lax.ConvGeneralDilatedDimensionNumbers = None,
     feature_group_count: int = 1,
     batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-    out_sharding=None,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
+    out_sharding: jax.sharding.NamedSharding | jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
     """Drop-in ``lax.conv_general_dilated``; output maps smaller than the kernel take shifted matmuls on CPU.
 
@@ -230,4 +241,5 @@ def conv_general_dilated(
     # Chosen per lowering platform, not by the backend of the tracing process: a program lowered on a CPU host
     # for a GPU or TPU (jax.export, ahead-of-time compilation) gets lax's convolution, and one lowered for the
     # CPU alone holds only the shifted matmuls.
-    return lax.platform_dependent(lhs, rhs, cpu=with_shifted_matmuls, default=with_lax)
+    out: jax.Array = lax.platform_dependent(lhs, rhs, cpu=with_shifted_matmuls, default=with_lax)
+    return out

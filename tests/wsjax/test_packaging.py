@@ -1,20 +1,19 @@
-"""The wheel is the library alone, and its version is the one written in wsjax/__init__.py."""
+"""`python -m build` makes a wheel and an sdist of the library alone, which `twine check` accepts; the version
+is the one written in wsjax/__init__.py."""
 
 import ast
 import email
+import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
+import tomllib
 import zipfile
 
 import pytest
 
 from tests.helpers import REPO
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
 
 # What a checkout holds besides sources: never part of a build (a stale build/ would leak into the wheel).
 _NOT_SOURCES = shutil.ignore_patterns(
@@ -47,26 +46,61 @@ def test_the_version_is_written_once():
     assert dynamic == {"attr": "wsjax.__version__"}
 
 
-@pytest.mark.slow
-def test_wheel_holds_only_wsjax(tmp_path):
-    source = tmp_path / "source"
+@pytest.fixture(scope="module")
+def distributions(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """The sdist and the wheel that `python -m build` makes of a clean copy of the checkout."""
+    tmp = tmp_path_factory.mktemp("build")
+    source = tmp / "source"
     shutil.copytree(REPO, source, ignore=_NOT_SOURCES)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", ".", "-w", str(tmp_path)],
+        [sys.executable, "-m", "build", "--outdir", str(tmp / "dist"), "."],
         cwd=source,
         check=True,
+        capture_output=True,
         timeout=600,
     )
-    (wheel,) = tmp_path.glob("wsjax-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    (sdist,) = (tmp / "dist").glob("wsjax-*.tar.gz")
+    (wheel,) = (tmp / "dist").glob("wsjax-*.whl")
+    return {"sdist": sdist, "wheel": wheel}
+
+
+@pytest.mark.slow
+def test_twine_accepts_the_distributions(distributions):
+    # --strict: a warning (a README that would not render, missing metadata) fails too.
+    result = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", *map(str, distributions.values())],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_wheel_holds_only_wsjax(distributions):
+    wheel = zipfile.ZipFile(distributions["wheel"])
+    names = wheel.namelist()
     version = _written_version()
     metadata_dir = f"wsjax-{version}.dist-info/"
     strays = [n for n in names if not n.startswith(("wsjax/", metadata_dir))]
     assert not strays, f"the wheel installs more than wsjax: {strays}"
-    for package in ("wsjax", "wsjax/nnx", "wsjax/models"):
+    for package in ("wsjax", "wsjax/nnx", "wsjax/models", "wsjax/pretrained"):
         assert f"{package}/__init__.py" in names
-    metadata = email.message_from_bytes(zipfile.ZipFile(wheel).read(metadata_dir + "METADATA"))
+    assert "wsjax/py.typed" in names, (
+        "type checkers would ignore the library's annotations (PEP 561)"
+    )
+    metadata = email.message_from_bytes(wheel.read(metadata_dir + "METADATA"))
     assert metadata["Version"] == version
     # Only the extras pull in more than jax and flax.
     required = [r for r in metadata.get_all("Requires-Dist") if "extra ==" not in r]
     assert sorted(r.split(">")[0].split("=")[0].strip() for r in required) == ["flax", "jax"]
+
+
+@pytest.mark.slow
+def test_sdist_holds_the_library_and_what_builds_it(distributions):
+    version = _written_version()
+    with tarfile.open(distributions["sdist"]) as sdist:
+        names = [n.removeprefix(f"wsjax-{version}/") for n in sdist.getnames()]
+    top = {n.split("/")[0] for n in names}
+    assert top <= {f"wsjax-{version}", "wsjax", "wsjax.egg-info", "PKG-INFO", "setup.cfg",
+                   "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"}, top  # fmt: skip
+    assert {"pyproject.toml", "README.md", "LICENSE", "wsjax/py.typed"} <= set(names)

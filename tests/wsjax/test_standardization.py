@@ -80,8 +80,17 @@ def test_low_precision_statistics_in_float32(dtype):
     np.testing.assert_array_equal(got, wsjax.standardize(w.astype(jnp.float32)).astype(dtype))
 
 
+def _enable_x64():
+    """x64 mode within a ``with``: ``jax.enable_x64`` from JAX 0.8 on, ``jax.experimental``'s before."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # removed in JAX 0.10
+
+    return enable_x64(True)
+
+
 def test_float64_stays_float64():
-    with jax.enable_x64(True):
+    with _enable_x64():
         w = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 2, 4)))
         got = wsjax.standardize(w)
         assert got.dtype == jnp.float64

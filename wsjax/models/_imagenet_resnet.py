@@ -95,7 +95,8 @@ class Bottleneck(nn.Module):
             raise ValueError(
                 f"zero_init_last_norm needs a norm that takes scale_init ({e})."
             ) from None
-        return norm(x)
+        y: jax.Array = norm(x)
+        return y
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

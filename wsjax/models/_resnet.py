@@ -43,7 +43,8 @@ class BasicBlock(nn.Module):
     def _norm(self, x: jax.Array, name: str) -> jax.Array:
         if self.norm is None:
             return x
-        return self.norm(use_running_average=not self.train, dtype=self.dtype, name=name)(x)
+        y: jax.Array = self.norm(use_running_average=not self.train, dtype=self.dtype, name=name)(x)
+        return y
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -91,7 +91,7 @@ class PreActBottleneck(nn.Module):
         shortcut = x
         if self.strides != 1 or x.shape[-1] != out:
             shortcut = conv(out, (1, 1), self.strides, padding="VALID", name="conv_proj")(a)
-        y = conv(self.mid, (1, 1), padding="VALID", name="conv1")(a)
+        y: jax.Array = conv(self.mid, (1, 1), padding="VALID", name="conv1")(a)
         y = self._preact(y, "gn2")
         y = conv(self.mid, (3, 3), self.strides, padding=((1, 1), (1, 1)), name="conv2")(y)
         y = self._preact(y, "gn3")

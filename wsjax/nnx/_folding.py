@@ -39,8 +39,9 @@ def fold_weight_standardization(model: nnx.Module) -> nnx.Module:
     for path, layer in layers:
         kernel = layer.effective_kernel()
         flax_class = next(c for c in type(layer).__mro__ if c.__module__.startswith("flax."))
-        plain = as_class(layer, flax_class, drop=_WS_ATTRIBUTES)
-        plain.kernel[...] = kernel.astype(plain.kernel[...].dtype)
+        plain: nnx.Module = as_class(layer, flax_class, drop=_WS_ATTRIBUTES)
+        stored = layer.kernel  # the same Variable, now the plain layer's
+        stored[...] = kernel.astype(stored[...].dtype)
         if not path:
             return plain  # the model is itself one WS layer
         replace_at(folded, path, plain)

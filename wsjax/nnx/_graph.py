@@ -12,19 +12,19 @@ from typing import Any
 from flax import nnx
 
 
-def as_class(layer: nnx.Module, cls: type, drop: Iterable[str] = (), **add: Any) -> nnx.Module:
+def as_class(layer: object, cls: type, drop: Iterable[str] = (), **add: Any) -> Any:
     """An instance of ``cls`` holding ``layer``'s attributes, less ``drop``, plus ``add``."""
     dropped = set(drop)
-    new = object.__new__(cls)
+    new: Any = object.__new__(cls)
     new.__dict__.update({name: v for name, v in vars(layer).items() if name not in dropped})
     for name, value in add.items():
         setattr(new, name, value)
     return new
 
 
-def replace_at(model: nnx.Module, path: tuple, layer: nnx.Module) -> None:
+def replace_at(model: nnx.Module, path: tuple[Any, ...], layer: object) -> None:
     """Puts ``layer`` where ``path`` (as ``nnx.iter_graph`` gives it) leads in ``model``."""
-    parent = model
+    parent: Any = model
     for key in path[:-1]:
         parent = (
             parent[key]

@@ -13,7 +13,7 @@ view) or on the output (``nnx.Conv``'s own call with the raw kernel, then the co
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
 from flax import nnx
@@ -26,6 +26,9 @@ from wsjax._standardization import DEFAULT, Standardization, as_standardization
 
 class _TransformsKernel:
     """Mixin for an NNX layer: its call computes with :meth:`effective_kernel` in place of the kernel."""
+
+    if TYPE_CHECKING:  # the layer's own
+        kernel: nnx.Param[jax.Array]
 
     def __init__(self, *args: Any, mask: jax.Array | None = None, **kwargs: Any):
         super().__init__(*args, **({} if mask is None else {"mask": mask}), **kwargs)
@@ -52,14 +55,16 @@ class _TransformsKernel:
         """
         return self._call_with_kernel(self.effective_kernel(), inputs, *args, **kwargs)
 
-    def _call_with_kernel(self, kernel: jax.Array, inputs: jax.Array, *args: Any, **kwargs: Any):
+    def _call_with_kernel(
+        self, kernel: jax.Array, inputs: jax.Array, *args: Any, **kwargs: Any
+    ) -> jax.Array:
         """The parent's call on a view of this layer whose kernel is ``kernel``."""
         graphdef, state = nnx.split(self)
-        state["kernel"] = state["kernel"].replace(
-            kernel
-        )  # a new Variable: the stored one stays raw
+        stored = cast("nnx.Param[jax.Array]", state["kernel"])
+        state["kernel"] = stored.replace(kernel)  # a new Variable: the stored one stays raw
         view = nnx.merge(graphdef, state)
-        return super(_TransformsKernel, view).__call__(inputs, *args, **kwargs)
+        # The parent is the layer this mixes into, which mypy cannot see from the mixin.
+        return super(_TransformsKernel, view).__call__(inputs, *args, **kwargs)  # type: ignore[misc, no-any-return]
 
 
 class _Standardizes(_TransformsKernel):

@@ -161,9 +161,16 @@ class EstimatedBatchNorm(nnx.Module):
 class _BatchNorm(nnx.BatchNorm):
     """``nnx.BatchNorm`` that also runs under JAX's ``'strict'`` dtype promotion (as ``wsjax._flax_norms``)."""
 
-    def __call__(self, x, use_running_average=None, *, mask=None):
+    def __call__(
+        self,
+        x: jax.Array,
+        use_running_average: bool | None = None,
+        *,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
         with jax.numpy_dtype_promotion("standard"):
-            return super().__call__(x, use_running_average, mask=mask)
+            y: jax.Array = super().__call__(x, use_running_average, mask=mask)
+        return y
 
 
 class BatchChannelNorm(nnx.Module):

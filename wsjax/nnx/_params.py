@@ -22,7 +22,7 @@ def affine_params(
     bias_init: Initializer = nnx.initializers.zeros,
     scale_metadata: Mapping[str, Any] = MappingProxyType({}),
     bias_metadata: Mapping[str, Any] = MappingProxyType({}),
-) -> tuple[nnx.Param | None, nnx.Param | None]:
+) -> tuple[nnx.Param[jax.Array] | None, nnx.Param[jax.Array] | None]:
     """``scale`` and ``bias`` as ``nnx.BatchNorm`` makes them (its initializers, keys and metadata)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     scale = (
@@ -38,5 +38,5 @@ def affine_params(
     return scale, bias
 
 
-def value(variable: nnx.Variable | None) -> jax.Array | None:
+def value(variable: nnx.Variable[jax.Array] | None) -> jax.Array | None:
     return None if variable is None else variable[...]

@@ -49,7 +49,7 @@ def standardize_convs(
     """
     standardization = as_standardization(standardization)
     check_apply_to(apply_to, "standardize_convs")
-    classes = {**_WS_OF, **({nnx.Linear: WSDense} if dense else {})}
+    classes: dict[type, type] = {**_WS_OF, **({nnx.Linear: WSDense} if dense else {})}
     copy = nnx.clone(model)
     chosen = [
         (path, node)
@@ -59,7 +59,7 @@ def standardize_convs(
     for path, layer in chosen:
         ws_class = classes[type(layer)]
         extra = {"apply_to": apply_to} if ws_class is WSConv else {}
-        ws = as_class(layer, ws_class, standardization=standardization, **extra)
+        ws: nnx.Module = as_class(layer, ws_class, standardization=standardization, **extra)
         if not path:
             return ws
         replace_at(copy, path, ws)

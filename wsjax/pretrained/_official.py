@@ -167,14 +167,16 @@ def from_official(
     new_head = num_classes is not None and num_classes != head_classes
     variables: dict[str, Any] = {}
     for keys, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-        collection, *path = (k.key for k in keys)
-        path = tuple(path)
+        collection, *names = (k.key for k in keys)
+        path = tuple(names)
         shape, to_flax = _torch_layout(path, tuple(leaf.shape))
         name = torch_name(path)
         if new_head and path[0] == "fc":
             # The checkpoint's head must still fit the features; a new one starts at zero.
+            # (head_classes is None only for a checkpoint without 'fc.bias': take then reports the mismatch.)
             reader.take(
-                name, (head_classes, *shape[1:]) if name == "fc.weight" else (head_classes,)
+                name,
+                (head_classes, *shape[1:]) if name == "fc.weight" else (head_classes,),  # type: ignore[arg-type]
             )
             value = np.zeros(leaf.shape, np.float32)
         else:

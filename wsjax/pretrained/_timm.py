@@ -117,7 +117,9 @@ def from_timm(
     root = 64 * factor
     # The input channels are read off the stem kernel only where it is in timm's OIHW layout,
     # (root, in, 7, 7); otherwise the stem's shape check names the shape needed for RGB, (root, 3, 7, 7).
-    stem = np.shape(weights["stem.conv.weight"]) if "stem.conv.weight" in reader else ()
+    stem: tuple[int, ...] = (
+        tuple(np.shape(weights["stem.conv.weight"])) if "stem.conv.weight" in reader else ()
+    )
     in_channels = stem[1] if len(stem) == 4 and stem[0] == root and stem[2:] == (7, 7) else 3
     params = resnetv2_params(
         lambda path, shape: _take(reader, path, shape), BIT_DEPTHS[depth], root, in_channels

@@ -80,7 +80,7 @@ class WeightReader:
             )
 
 
-class RenamedView(Mapping):
+class RenamedView(Mapping[str, Any]):
     """A lazy view of a checkpoint under other names (``np.load`` reads each array when asked)."""
 
     def __init__(
