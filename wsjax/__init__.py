@@ -12,8 +12,6 @@ instead of its raw kernel ``w``. The Linen modules are here; NNX mirrors in :mod
 modules whose names start with an underscore are internal.
 """
 
-import warnings as _warnings
-
 from wsjax import cpu
 from wsjax._folding import fold_weight_standardization
 from wsjax._layers import ScaledWSConv, WSConv, WSConvTranspose, WSDense
@@ -23,7 +21,6 @@ from wsjax._scaled_standardization import scaled_standardize
 from wsjax._standardization import (
     PRESETS,
     Standardization,
-    StandardizeOptions,
     standardization_statistics,
     standardize,
 )
@@ -38,7 +35,6 @@ __all__ = [
     "EstimatedBatchNorm",
     "ScaledWSConv",
     "Standardization",
-    "StandardizeOptions",
     "WSConv",
     "WSConvTranspose",
     "WSDense",
@@ -48,16 +44,3 @@ __all__ = [
     "standardization_statistics",
     "standardize",
 ]
-
-
-def __getattr__(name: str):
-    # Deprecated aliases, kept for one release (module-level __getattr__, PEP 562, so that only their use warns).
-    if name == "conv_general_dilated":
-        _warnings.warn(
-            "wsjax.conv_general_dilated is deprecated and will be removed in the next release; use "
-            "wsjax.cpu.conv_general_dilated (the default of wsjax.WSConv and wsjax.ScaledWSConv).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return cpu.conv_general_dilated
-    raise AttributeError(f"module 'wsjax' has no attribute {name!r}")
