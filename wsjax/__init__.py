@@ -12,8 +12,6 @@ instead of its raw kernel ``w``. The Linen modules are here; NNX mirrors in :mod
 modules whose names start with an underscore are internal.
 """
 
-import warnings as _warnings
-
 from wsjax import cpu
 from wsjax._channel_norm import ChannelNorm
 from wsjax._folding import fold_weight_standardization
@@ -24,7 +22,6 @@ from wsjax._scaled_standardization import scaled_standardize
 from wsjax._standardization import (
     PRESETS,
     Standardization,
-    StandardizeOptions,
     standardization_statistics,
     standardize,
 )
@@ -41,7 +38,6 @@ __all__ = [
     "ScaledWSConv",
     "Standardization",
     "StandardizedConvs",
-    "StandardizeOptions",
     "WSConv",
     "WSConvTranspose",
     "WSDense",
@@ -53,16 +49,3 @@ __all__ = [
     "standardize",
     "standardize_convs",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # Deprecated aliases, kept for one release (module-level __getattr__, PEP 562, so that only their use warns).
-    if name == "conv_general_dilated":
-        _warnings.warn(
-            "wsjax.conv_general_dilated is deprecated and will be removed in the next release; use "
-            "wsjax.cpu.conv_general_dilated (the default of wsjax.WSConv and wsjax.ScaledWSConv).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return cpu.conv_general_dilated
-    raise AttributeError(f"module 'wsjax' has no attribute {name!r}")

@@ -39,27 +39,16 @@ ConvGeneralDilated = Callable[..., jax.Array]
 class _StandardizesKernel(nn.Module):
     """Mixin: ``self.param('kernel', ...)`` returns ``self.standardization.kernel`` of the stored kernel.
 
-    ``standardization`` is the one field that says how; ``eps``, ``unbiased`` and ``eps_outside_sqrt`` are the
-    keyword form of older code, folded into ``standardization`` when the layer is built (then None).
+    ``standardization`` is the one field that says how: a :class:`wsjax.Standardization` or a
+    :data:`wsjax.PRESETS` name, resolved to the Standardization when the layer is built.
     """
 
     standardization: Standardization | str = DEFAULT
-    eps: float | None = None
-    unbiased: bool | None = None
-    eps_outside_sqrt: bool | None = None
 
     def __post_init__(self) -> None:
         # Before Flax freezes the dataclass (as Flax itself sets `parent` and `name` here).
         _name_as_extended_layer(self)
-        resolved = as_standardization(
-            self.standardization,
-            eps=self.eps,
-            unbiased=self.unbiased,
-            eps_outside_sqrt=self.eps_outside_sqrt,
-        )
-        object.__setattr__(self, "standardization", resolved)
-        for name in ("eps", "unbiased", "eps_outside_sqrt"):
-            object.__setattr__(self, name, None)
+        object.__setattr__(self, "standardization", as_standardization(self.standardization))
         super().__post_init__()
 
     def param(
@@ -126,9 +115,6 @@ class WSConv(_StandardizesKernel, OutputSide, nn.Conv):
 
     Args:
       standardization: a :class:`wsjax.Standardization` or a :data:`wsjax.PRESETS` name (``"bit"``).
-      eps: the keyword form of older code: overrides ``standardization.eps``.
-      unbiased: the keyword form: overrides ``standardization.unbiased``.
-      eps_outside_sqrt: the keyword form: overrides ``standardization.eps_outside_sqrt``.
       apply_to: ``"kernel"``, ``"output"`` or ``"auto"``, as above.
       conv_general_dilated: the convolution; by default :func:`wsjax.cpu.conv_general_dilated`, which is
         ``lax.conv_general_dilated`` except for CPU output maps smaller than the kernel, where it is exact
@@ -194,9 +180,6 @@ class WSConvTranspose(_StandardizesKernel, nn.ConvTranspose):
 
     Args:
       standardization: a :class:`wsjax.Standardization` or a :data:`wsjax.PRESETS` name.
-      eps: the keyword form: overrides ``standardization.eps``.
-      unbiased: the keyword form: overrides ``standardization.unbiased``.
-      eps_outside_sqrt: the keyword form: overrides ``standardization.eps_outside_sqrt``.
     """
 
 
@@ -210,9 +193,6 @@ class WSDense(_StandardizesKernel, nn.Dense):
 
     Args:
       standardization: a :class:`wsjax.Standardization` or a :data:`wsjax.PRESETS` name.
-      eps: the keyword form: overrides ``standardization.eps``.
-      unbiased: the keyword form: overrides ``standardization.unbiased``.
-      eps_outside_sqrt: the keyword form: overrides ``standardization.eps_outside_sqrt``.
     """
 
 

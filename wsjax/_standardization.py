@@ -31,7 +31,7 @@ A new convention is one more entry of :data:`PRESETS`, in this file only. The sc
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypedDict
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +40,6 @@ from jax import lax
 
 from wsjax._dtypes import stats_dtype
 from wsjax._moments import centered_and_sum_sq, check_eps, fan_in, mean_and_var, std_from_var
-
-_FIELDS = ("eps", "unbiased", "eps_outside_sqrt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +55,8 @@ class Standardization:
 
     per output channel ``o`` (last axis) over its ``n = fan_in`` entries, with
     :math:`\sigma_o^2 = \sum (w_{\cdot o} - \mu_o)^2 / (n - 1)` (unbiased) or :math:`/\, n` (biased).
-    The default is the PyTorch reference's; :data:`PRESETS` names the others.
-
-    ``dict(s)`` and ``**s`` give its fields as keywords, so the keyword form of older code,
-    ``standardize(w, **PRESETS["bit"])`` or ``WSConv(64, (3, 3), **PRESETS["bit"])``, keeps working.
+    The default is the PyTorch reference's; :data:`PRESETS` names the others. A variant of a preset is
+    ``dataclasses.replace(PRESETS["timm"], eps=1e-8)``.
 
     Args:
       eps: added to the variance, or to the standard deviation when ``eps_outside_sqrt``; >= 0.
@@ -133,16 +129,6 @@ class Standardization:
                 return mean, 1.0 / (std_from_var(var) + self.eps)
             return mean, lax.rsqrt(var + self.eps)
 
-    # The mapping protocol (``**s``, ``dict(s)``), for the keyword form of older code.
-    def keys(self) -> tuple[str, ...]:
-        """The field names, ``("eps", "unbiased", "eps_outside_sqrt")``."""
-        return _FIELDS
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in _FIELDS:
-            raise KeyError(name)
-        return getattr(self, name)
-
 
 #: The default convention: the PyTorch reference's.
 DEFAULT = Standardization()
@@ -157,48 +143,40 @@ PRESETS: dict[str, Standardization] = {
 }
 
 
-class StandardizeOptions(TypedDict):
-    """The keyword form of a :class:`Standardization` (``dict(PRESETS["bit"])`` is one)."""
+def as_standardization(value: Standardization | str) -> Standardization:
+    """The :class:`Standardization` that ``value``, one or a :data:`PRESETS` name, stands for.
 
-    eps: float
-    unbiased: bool
-    eps_outside_sqrt: bool
-
-
-def as_standardization(
-    value: Standardization | str | float,
-    *,
-    eps: float | None = None,
-    unbiased: bool | None = None,
-    eps_outside_sqrt: bool | None = None,
-) -> Standardization:
-    """A :class:`Standardization` from one, a :data:`PRESETS` name or an ``eps``, with keyword overrides.
-
-    The overrides (the keyword form: ``eps=``, ``unbiased=``, ``eps_outside_sqrt=``) replace the fields
-    they name; ``None`` leaves a field as it is.
+    A standardization is said one way: a preset name or a :class:`Standardization`. A bare number (an ``eps``)
+    or a mapping of fields is refused, with the spelling to use instead.
 
     Raises:
       ValueError: an unknown preset name.
-      TypeError: anything else than a Standardization, a name or a number.
+      TypeError: anything else than a Standardization or a name.
     """
+    if isinstance(value, Standardization):
+        return value
     if isinstance(value, str):
         if value not in PRESETS:
             raise ValueError(
                 f"unknown standardization {value!r}; choose one of {', '.join(PRESETS)} or pass a "
                 "wsjax.Standardization."
             )
-        value = PRESETS[value]
-    elif not isinstance(value, Standardization):
-        number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-        if not (number or (isinstance(value, jax.Array) and value.ndim == 0)):
-            raise TypeError(
-                "standardization must be a wsjax.Standardization, a PRESETS name or an eps, got "
-                f"{value!r}."
-            )
-        value = Standardization(eps=value)  # the old positional eps (a number, or a traced scalar)
-    overrides: dict[str, Any] = dict(eps=eps, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt)
-    overrides = {name: v for name, v in overrides.items() if v is not None}
-    return dataclasses.replace(value, **overrides) if overrides else value
+        return PRESETS[value]
+    raise TypeError(
+        f"standardization must be a wsjax.PRESETS name ({', '.join(map(repr, PRESETS))}) or a "
+        f"wsjax.Standardization, got {value!r}; {_spelling(value)}"
+    )
+
+
+def _spelling(value: object) -> str:
+    """How to say what ``value`` probably meant, for :func:`as_standardization`'s error."""
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        fields = ", ".join(f"{k}={v!r}" for k, v in value.items())
+        return f"write wsjax.Standardization({fields})."
+    number = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+    if number or (isinstance(value, jax.Array) and value.ndim == 0):
+        return f"for an eps, write wsjax.Standardization(eps={value!r})."
+    return "e.g. standardization='bit' or wsjax.Standardization(eps=1e-5, unbiased=False)."
 
 
 def _check_kernel(w: jax.Array, unbiased: bool, caller: str) -> int:
@@ -207,19 +185,13 @@ def _check_kernel(w: jax.Array, unbiased: bool, caller: str) -> int:
     if unbiased and count < 2:
         raise ValueError(
             f"{caller}: the unbiased variance needs at least 2 entries per output channel, but a "
-            f"kernel of shape {jnp.shape(w)} has {count}; pass unbiased=False."
+            f"kernel of shape {jnp.shape(w)} has {count}; use a biased convention, e.g. "
+            "wsjax.Standardization(unbiased=False)."
         )
     return count
 
 
-def standardize(
-    w: jax.Array,
-    standardization: Standardization | str | float = DEFAULT,
-    *,
-    eps: float | None = None,
-    unbiased: bool | None = None,
-    eps_outside_sqrt: bool | None = None,
-) -> jax.Array:
+def standardize(w: jax.Array, standardization: Standardization | str = DEFAULT) -> jax.Array:
     r"""Standardizes each output channel (last axis) of a kernel over all its other axes.
 
     .. math::
@@ -228,36 +200,26 @@ def standardize(
        \quad\text{or}\quad \frac{w_{\cdot o} - \mu_o}{\sigma_o + \epsilon}
 
     as :meth:`Standardization.kernel`. ``standardize(w)`` is the PyTorch reference's convention;
-    ``standardize(w, PRESETS["bit"])``, ``standardize(w, "bit")`` and the keyword form
-    ``standardize(w, 1e-10, unbiased=False)`` select others.
+    ``standardize(w, "bit")`` or ``standardize(w, Standardization(eps=1e-10, unbiased=False))`` select
+    others.
 
     Args:
       w: kernel ``(..., out_features)``: a Flax conv kernel of any rank, a ``ConvTranspose`` kernel or a
         Dense ``(in, out)`` kernel.
-      standardization: a :class:`Standardization`, a :data:`PRESETS` name, or (the keyword form's
-        positional argument) ``eps``.
-      eps: overrides the convention's ``eps``; >= 0.
-      unbiased: overrides whether the variance divides by ``fan_in - 1`` rather than ``fan_in``.
-      eps_outside_sqrt: overrides whether ``eps`` is added to the standard deviation.
+      standardization: a :class:`Standardization` or a :data:`PRESETS` name.
 
     Returns:
       The standardized kernel, same shape and dtype as ``w``; statistics computed in at least float32.
 
     Raises:
-      ValueError: rank < 2, ``eps < 0``, an unbiased variance over a single entry, or an unknown preset.
+      ValueError: rank < 2, an unbiased variance over a single entry, or an unknown preset.
+      TypeError: a ``standardization`` that is neither a Standardization nor a name (a number, a dict).
     """
-    return as_standardization(
-        standardization, eps=eps, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt
-    ).kernel(w)
+    return as_standardization(standardization).kernel(w)
 
 
 def standardization_statistics(
-    w: jax.Array,
-    standardization: Standardization | str | float = DEFAULT,
-    *,
-    eps: float | None = None,
-    unbiased: bool | None = None,
-    eps_outside_sqrt: bool | None = None,
+    w: jax.Array, standardization: Standardization | str = DEFAULT
 ) -> tuple[jax.Array, jax.Array]:
     r"""Per-output-channel ``mean`` and ``scale`` with ``standardize(w) = (w - mean) * scale``.
 
@@ -271,17 +233,13 @@ def standardization_statistics(
 
     Args:
       w: kernel ``(..., out_features)``, as for :func:`standardize`.
-      standardization: a :class:`Standardization`, a :data:`PRESETS` name, or ``eps``.
-      eps: overrides the convention's ``eps``.
-      unbiased: overrides the convention's ``unbiased``.
-      eps_outside_sqrt: overrides the convention's ``eps_outside_sqrt``.
+      standardization: a :class:`Standardization` or a :data:`PRESETS` name.
 
     Returns:
       ``mean`` and ``scale``, each of shape ``(out_features,)`` in float32 (float64 for float64 kernels).
 
     Raises:
       ValueError: as :func:`standardize`.
+      TypeError: as :func:`standardize`.
     """
-    return as_standardization(
-        standardization, eps=eps, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt
-    ).statistics(w)
+    return as_standardization(standardization).statistics(w)

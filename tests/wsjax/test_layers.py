@@ -1,5 +1,7 @@
 """WS layers equal their Flax parent applied with the kernel standardized by the NumPy reference."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -154,7 +156,7 @@ def test_gradients_reach_the_raw_kernel(layer):
 def test_gradient_is_orthogonal_to_kernel_mean_and_scale():
     # With eps = 0, WS makes the output invariant to each output channel's kernel mean and scale, so the
     # gradient has no component along either direction (the paper's Sec. 4 argument).
-    layer = wsjax.WSConv(6, (3, 3), eps=0.0)
+    layer = wsjax.WSConv(6, (3, 3), standardization=wsjax.Standardization(eps=0.0))
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
     params = layer.init(jax.random.key(1), x)["params"]
     grads = jax.grad(lambda p: jnp.sum(jnp.sin(layer.apply({"params": p}, x))))(params)
@@ -177,7 +179,7 @@ def test_second_jitted_call_does_not_recompile():
 
 def test_errors_surface_from_the_layers():
     with pytest.raises(ValueError, match="eps must be >= 0"):
-        wsjax.WSConv(6, (3, 3), eps=-1.0)  # when the layer is built
+        wsjax.WSConv(6, (3, 3), standardization=wsjax.Standardization(eps=-1.0))
     with pytest.raises(ValueError, match="unbiased=False"):
         wsjax.WSConv(6, (1, 1)).init(jax.random.key(0), jnp.ones((1, 5, 5, 1)))
     with pytest.raises(ValueError, match="ScaledWSConv: form must be one of"):
@@ -194,23 +196,19 @@ def test_big_vision_convention_in_a_layer():
 
 
 @pytest.mark.parametrize("layer_type", [wsjax.WSConv, wsjax.WSConvTranspose, wsjax.WSDense])
-def test_one_field_holds_the_convention_and_the_keyword_form_folds_into_it(layer_type):
+def test_one_field_holds_the_convention(layer_type):
     args = (6,) if layer_type is wsjax.WSDense else (6, (3, 3))
     bit = wsjax.PRESETS["bit"]
     for layer in [
         layer_type(*args, standardization=bit),
         layer_type(*args, standardization="bit"),
-        layer_type(*args, **bit),  # the keyword form of older code
-        layer_type(*args, eps=1e-10, unbiased=False),
+        layer_type(*args, standardization=wsjax.Standardization(1e-10, unbiased=False)),
     ]:
         assert layer.standardization == bit
-        assert (layer.eps, layer.unbiased, layer.eps_outside_sqrt) == (None, None, None)
         assert layer.clone().standardization == bit
         assert hash(layer) == hash(layer_type(*args, standardization=bit))
     assert layer_type(*args).standardization == wsjax.Standardization()
-    # A keyword overrides the field it names, on top of the convention it comes with.
-    assert layer_type(*args, standardization="bit", eps=1e-8).standardization == (
-        wsjax.Standardization(1e-8, unbiased=False)
-    )
+    for removed in ("eps", "unbiased", "eps_outside_sqrt"):
+        assert removed not in {f.name for f in dataclasses.fields(layer_type)}
     with pytest.raises(ValueError, match="unknown standardization 'bti'"):
         layer_type(*args, standardization="bti")

@@ -32,9 +32,9 @@ LAYER_CASES = [
         lambda: wnnx.WSConv(4, 6, (3, 3), strides=2, feature_group_count=2, rngs=nnx.Rngs(0)),
     ),
     (
-        lambda: wsjax.WSConv(6, (3, 3), padding="CIRCULAR", **wsjax.PRESETS["qiao"]),
+        lambda: wsjax.WSConv(6, (3, 3), padding="CIRCULAR", standardization="qiao"),
         lambda: wnnx.WSConv(
-            4, 6, (3, 3), padding="CIRCULAR", **wsjax.PRESETS["qiao"], rngs=nnx.Rngs(0)
+            4, 6, (3, 3), padding="CIRCULAR", standardization="qiao", rngs=nnx.Rngs(0)
         ),
     ),
     (
@@ -155,20 +155,23 @@ def test_nnx_channel_norm_errors():
     assert issubclass(wsjax.WSConv, nn.Conv)
 
 
-def test_nnx_holds_one_standardization_and_takes_the_keyword_form():
+def test_nnx_holds_one_standardization():
     make = lambda **kw: wnnx.WSConv(4, 6, (3, 3), rngs=nnx.Rngs(0), **kw)  # noqa: E731
     bit = wsjax.PRESETS["bit"]
     for module in [
         make(standardization=bit),
         make(standardization="bit"),
-        make(**bit),
-        make(eps=1e-10, unbiased=False),
+        make(standardization=wsjax.Standardization(1e-10, unbiased=False)),
     ]:
         assert module.standardization == bit
         assert not hasattr(module, "eps")
     assert make().standardization == wsjax.Standardization()
     with pytest.raises(ValueError, match="unknown standardization"):
         make(standardization="bti")
+    with pytest.raises(TypeError, match=r"write wsjax.Standardization\(eps=1e-05\)"):
+        make(standardization=1e-5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'eps'"):
+        make(eps=1e-5)
 
 
 def test_nnx_call_leaves_the_stored_kernel_raw():

@@ -173,9 +173,7 @@ def test_statistics_gradient_is_that_of_the_equations(unbiased, eps_outside_sqrt
 
     def ours(w):
         return jnp.stack(
-            standardization_statistics(
-                w, 1e-5, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt
-            )
+            standardization_statistics(w, wsjax.Standardization(1e-5, unbiased, eps_outside_sqrt))
         )
 
     np.testing.assert_allclose(ours(w), from_the_equations(w), rtol=1e-5)

@@ -228,12 +228,8 @@ def test_nnx_passes_out_sharding_through():
     )
 
 
-def test_the_old_top_level_name_is_a_deprecated_alias():
+def test_the_convolution_has_one_name():
+    """wsjax.cpu.conv_general_dilated; the top-level alias of 0.1 is gone (see CHANGELOG.md)."""
     assert "conv_general_dilated" not in wsjax.__all__
-    with pytest.warns(DeprecationWarning, match=r"wsjax\.cpu\.conv_general_dilated"):
-        old = wsjax.conv_general_dilated
-    assert old is wsjax.cpu.conv_general_dilated
-    with pytest.warns(DeprecationWarning):
-        from wsjax import conv_general_dilated  # noqa: F401
-    with pytest.raises(AttributeError, match="no attribute 'conv_general_dilate'"):
-        wsjax.conv_general_dilate  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'conv_general_dilated'"):
+        wsjax.conv_general_dilated  # noqa: B018

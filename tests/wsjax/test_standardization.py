@@ -1,7 +1,6 @@
 """wsjax.standardize and wsjax.scaled_standardize against the NumPy references."""
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -208,15 +207,16 @@ def test_rank_below_two_is_rejected(fn):
 
 def test_negative_eps_is_rejected():
     with pytest.raises(ValueError, match="eps must be >= 0"):
-        wsjax.standardize(jnp.ones((3, 3)), eps=-1e-5)
+        wsjax.standardize(jnp.ones((3, 3)), wsjax.Standardization(eps=-1e-5))
     with pytest.raises(ValueError, match="eps must be >= 0"):
         wsjax.scaled_standardize(jnp.ones((3, 3)), jnp.ones(3), eps=-1.0)
 
 
 def test_unbiased_over_one_entry_is_rejected():
-    with pytest.raises(ValueError, match="unbiased=False"):
+    with pytest.raises(ValueError, match=r"Standardization\(unbiased=False\)"):
         wsjax.standardize(jnp.ones((1, 1, 1, 4)))
-    out = wsjax.standardize(jnp.ones((1, 1, 1, 4)), unbiased=False)  # biased: finite zeros
+    biased = wsjax.Standardization(unbiased=False)
+    out = wsjax.standardize(jnp.ones((1, 1, 1, 4)), biased)  # biased: finite zeros
     np.testing.assert_array_equal(out, 0.0)
 
 
@@ -266,23 +266,56 @@ def test_big_vision_preset_is_big_visions_formula():
     np.testing.assert_allclose(wsjax.standardize(w, "big_vision"), want, rtol=2e-5, atol=2e-6)
 
 
-def test_the_keyword_form_still_works():
+def test_a_standardization_is_said_one_way():
+    """A preset name or a Standardization; a variant of a preset is dataclasses.replace of it."""
     w = _kernel((3, 3, 4, 6), offset=0.2)
     bit = wsjax.standardize(w, wsjax.PRESETS["bit"])
-    for got in [
-        wsjax.standardize(w, "bit"),
-        wsjax.standardize(w, **wsjax.PRESETS["bit"]),  # the README's form before Standardization
-        wsjax.standardize(w, 1e-10, unbiased=False),
-        wsjax.standardize(w, eps=1e-10, unbiased=False, eps_outside_sqrt=False),
-        functools.partial(wsjax.standardize, eps=1e-10, unbiased=False)(w),
-    ]:
-        np.testing.assert_array_equal(got, bit)
-    # Keywords override the fields of the convention they come with.
+    np.testing.assert_array_equal(wsjax.standardize(w, "bit"), bit)
     np.testing.assert_array_equal(
-        wsjax.standardize(w, "bit", eps=1e-3),
-        wsjax.standardize(w, wsjax.Standardization(1e-3, unbiased=False)),
+        wsjax.standardize(w, wsjax.Standardization(eps=1e-10, unbiased=False)), bit
     )
-    assert dict(wsjax.PRESETS["qiao"]) == {"eps": 1e-5, "unbiased": True, "eps_outside_sqrt": True}
+    np.testing.assert_allclose(
+        wsjax.standardize(w, dataclasses.replace(wsjax.PRESETS["bit"], eps=1e-3)),
+        reference.standardize(w, 1e-3, 0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    "value, spelling",
+    [
+        (1e-5, "wsjax.Standardization(eps=1e-05)"),  # once taken as the pytorch preset's eps
+        (0, "wsjax.Standardization(eps=0)"),
+        ({"eps": 1e-5, "unbiased": False}, "wsjax.Standardization(eps=1e-05, unbiased=False)"),
+        (None, "standardization='bit' or wsjax.Standardization("),
+        (True, "standardization='bit' or wsjax.Standardization("),
+        (jnp.ones(3), "standardization='bit' or wsjax.Standardization("),
+    ],
+)
+def test_anything_else_is_refused_with_the_right_spelling(value, spelling):
+    for call in [
+        lambda: wsjax.standardize(jnp.ones((3, 3)), value),
+        lambda: wsjax.standardization_statistics(jnp.ones((3, 3)), value),
+        lambda: wsjax.WSConv(6, (3, 3), standardization=value),
+        lambda: wsjax.WSDense(6, standardization=value),
+    ]:
+        with pytest.raises(TypeError, match="must be a wsjax.PRESETS name") as error:
+            call()
+        assert spelling in str(error.value)
+
+
+def test_the_keyword_form_and_the_mapping_form_are_gone():
+    w = jnp.ones((3, 3))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'eps'"):
+        wsjax.standardize(w, eps=1e-5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'unbiased'"):
+        wsjax.standardization_statistics(w, unbiased=False)
+    with pytest.raises(TypeError, match="must be a mapping"):
+        wsjax.standardize(w, **wsjax.PRESETS["bit"])
+    with pytest.raises(TypeError):
+        wsjax.WSConv(6, (3, 3), eps=1e-5)
+    assert not hasattr(wsjax, "StandardizeOptions")
 
 
 def test_standardization_is_one_frozen_hashable_value():
@@ -321,11 +354,6 @@ def test_bad_conventions_are_refused_when_built():
         ValueError, match="unknown standardization 'pytroch'; choose one of pytorch"
     ):
         wsjax.standardize(jnp.ones((3, 3)), "pytroch")
-    for bad in ({"eps": 1e-5}, None, True, jnp.ones(3)):
-        with pytest.raises(TypeError, match="standardization must be a wsjax.Standardization"):
-            wsjax.standardize(jnp.ones((3, 3)), bad)
-    with pytest.raises(TypeError, match="standardization must be"):
-        wsjax.WSConv(6, (3, 3), standardization=None)
 
 
 def test_standardization_is_named_in_the_compiled_program():

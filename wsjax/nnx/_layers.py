@@ -68,20 +68,12 @@ class _TransformsKernel:
 
 
 class _Standardizes(_TransformsKernel):
-    """Mixin: the kernel is ``self.standardization.kernel(w)``; one field, or the keyword form."""
+    """Mixin: the kernel is ``self.standardization.kernel(w)``; one argument says how."""
 
-    def __init__(
-        self,
-        *args: Any,
-        standardization: Standardization | str = DEFAULT,
-        eps: float | None = None,
-        unbiased: bool | None = None,
-        eps_outside_sqrt: bool | None = None,
-        **kwargs: Any,
-    ):
-        resolved = as_standardization(  # before the parent's init: a bad value fails first
-            standardization, eps=eps, unbiased=unbiased, eps_outside_sqrt=eps_outside_sqrt
-        )
+    def __init__(self, *args: Any, standardization: Standardization | str = DEFAULT, **kwargs: Any):
+        resolved = as_standardization(
+            standardization
+        )  # before the parent's init: a bad value fails first
         super().__init__(*args, **kwargs)
         self.standardization = resolved
 
@@ -104,9 +96,6 @@ class WSConv(_Standardizes, OutputSide, nnx.Conv):
     Args:
       *args: ``nnx.Conv``'s positional arguments.
       standardization: a :class:`wsjax.Standardization` or a :data:`wsjax.PRESETS` name.
-      eps: the keyword form of older code: overrides ``standardization.eps``.
-      unbiased: the keyword form: overrides ``standardization.unbiased``.
-      eps_outside_sqrt: the keyword form: overrides ``standardization.eps_outside_sqrt``.
       apply_to: ``"kernel"``, ``"output"`` or ``"auto"``: where the standardization is applied, as for
         the Linen :class:`wsjax.WSConv`.
       conv_general_dilated: by default :func:`wsjax.cpu.conv_general_dilated`.
@@ -155,7 +144,7 @@ class WSConvTranspose(_Standardizes, nnx.ConvTranspose):
        y = \operatorname{conv\_transpose}(x, \hat w) + b, \qquad
        \hat w_{\cdot o} = \frac{w_{\cdot o} - \mu_o}{\sqrt{\sigma_o^2 + \epsilon}}
 
-    Takes ``standardization`` (or the keyword form ``eps``, ``unbiased``, ``eps_outside_sqrt``) and every
+    Takes ``standardization`` (a :class:`wsjax.Standardization` or a :data:`wsjax.PRESETS` name) and every
     argument of ``nnx.ConvTranspose``.
     """
 
@@ -168,7 +157,7 @@ class WSDense(_Standardizes, nnx.Linear):
        y = x \hat w + b, \qquad
        \hat w_{\cdot o} = \frac{w_{\cdot o} - \mu_o}{\sqrt{\sigma_o^2 + \epsilon}}
 
-    Takes ``standardization`` (or the keyword form ``eps``, ``unbiased``, ``eps_outside_sqrt``) and every
+    Takes ``standardization`` (a :class:`wsjax.Standardization` or a :data:`wsjax.PRESETS` name) and every
     argument of ``nnx.Linear``.
     """
 
