@@ -60,13 +60,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             "sync_batch_stats=True needs replicas_per_device=1: batch statistics are synced over devices, "
             "and replicas on one device are meant to keep their own (the micro-batch setting)."
         )
-    replicas = num_devices * r
-    where = f"{num_devices} devices" + (f" × {r} replicas" if r > 1 else "")
-    if config.global_batch_size <= 0 or config.global_batch_size % replicas:
+    k = config.accumulate_steps
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"accumulate_steps must be a positive integer, got {k!r}.")
+    # Each replica's batch splits into k micro-batches.
+    parts = num_devices * r * k
+    where = (
+        f"{num_devices} devices"
+        + (f" × {r} replicas" if r > 1 else "")
+        + (f" × {k} micro-batches (accumulate_steps)" if k > 1 else "")
+    )
+    if config.global_batch_size <= 0 or config.global_batch_size % parts:
         raise ConfigError(
             f"global_batch_size={config.global_batch_size} does not divide evenly over {where}; "
-            f"use a multiple of {replicas} (e.g. --config.global_batch_size="
-            f"{max(1, round(config.global_batch_size / replicas)) * replicas})."
+            f"use a multiple of {parts} (e.g. --config.global_batch_size="
+            f"{max(1, round(config.global_batch_size / parts)) * parts})."
         )
     if config.eval_batch_size <= 0:
         raise ConfigError(f"eval_batch_size must be positive, got {config.eval_batch_size}.")

@@ -1,4 +1,5 @@
-"""Benchmarks: WS overhead, throughput (fp32/bf16, FLOP/s, MFU), input, inference, micro-batch emulation.
+"""Benchmarks: WS overhead, throughput (fp32/bf16, FLOP/s, MFU), input, inference, micro-batch emulation,
+gradient accumulation (memory and time).
 
     python -m experiments.bench.benchmark                      # VGG16, per-device batch 2 and 64
     python -m experiments.bench.benchmark --tiny               # seconds: checks the harness (CI), not speed
@@ -26,7 +27,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from experiments.bench import cases, microbatch_emulation
+from experiments.bench import accumulation, cases, microbatch_emulation
 from experiments.common import cpu_backend, provenance
 from experiments.trainer import steps
 
@@ -85,7 +86,7 @@ def run(
         "started": now.strftime("%Y-%m-%d_%H%M%S"),
         "tiny": tiny,
     }
-    case = _Progress(len(batches) + 7 + bool(torch_python))
+    case = _Progress(len(batches) + 8 + bool(torch_python))
     results["ws_overhead"] = [
         case(f"WS overhead, batch {b}", cases.ws_overhead, setup, b) for b in batches
     ]
@@ -116,6 +117,13 @@ def run(
     results["small_map_conv"] = case("small-map convolution", cases.small_map_conv, setup, large)
     results["microbatch_emulation"] = case(
         "micro-batch emulation", microbatch_emulation.measure, setup
+    )
+    results["accumulation"] = case(
+        f"gradient accumulation, batch {large}",
+        accumulation.measure,
+        setup,
+        large,
+        (1, 2, 4) if tiny else accumulation.ACCUMULATE_STEPS,
     )
     if torch_python:
         results["torch_reference"] = case(
@@ -179,6 +187,28 @@ def _range(t: dict) -> str:
     return f"{t['median'] * 1e3:.1f} ms ({t['min'] * 1e3:.1f}-{t['max'] * 1e3:.1f})"
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _accumulation_line(a: dict, row: dict) -> str:
+    k, micro = row["accumulate_steps"], row["micro_batch"]
+    memory, alone, device = row["compiled_memory"], row["micro_batch_alone"], row["device_memory"]
+    figures = []
+    if memory:
+        figures.append(
+            f"compiled memory {_mib(memory['total'])} ({row['memory_over_one_batch']:.2f}x one batch"
+            + (f"; one batch of {micro} alone: {_mib(alone['total'])})" if alone else ")")
+        )
+    if device and "peak_bytes_in_use" in device:
+        figures.append(f"device peak so far {_mib(device['peak_bytes_in_use'])}")
+    figures.append(f"step {_range(row['step_time_s'])} ({row['step_time_over_one_batch']:.2f}x)")
+    return (
+        f"| gradient accumulation, {a['model']} {a['conv'].upper()}+{a['norm'].upper()}, batch "
+        f"{a['per_device_batch']} as {k} x {micro} | {', '.join(figures)} |"
+    )
+
+
 def format_table(r: dict) -> str:
     m = r["machine"]
     lines = [
@@ -237,6 +267,8 @@ def format_table(r: dict) -> str:
             f"| micro-batch emulation, {e['model']} {e['normalization']}: {g} replicas x 1 image / 1 x {g} | "
             f"{e['emulation_cost']:.2f}x ({_range(t['1/device'])} vs {_range(t[f'{g}/device'])}) |"
         )
+    a = r.get("accumulation")
+    lines += [_accumulation_line(a, row) for row in (a["rows"] if a else [])]
     for t in r.get("torch_reference", {}).get("results", []):
         lines.append(
             f"| PyTorch reference (labml-nn, torch {r['torch_reference']['torch']}), batch {t['batch']}: "

@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Replicas per device (vmapped): > 1 emulates more devices, each with its own micro-batch, statistics and
     # gradient (averaged over all replicas), e.g. the paper's 8 devices × 1 image on one CPU or GPU.
     config.replicas_per_device = 1
+    # Gradient accumulation: each replica's batch as this many micro-batches in turn (each with its own batch
+    # statistics; memory of one micro-batch), gradients averaged, one optimizer update. BN/BCN running
+    # statistics are updated once per micro-batch (see experiments/trainer/accumulation.py). 1: off.
+    config.accumulate_steps = 1
     config.num_epochs = 10
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.optimizer = "adam"  # adam | adamw | sgd (Nesterov)

@@ -19,6 +19,10 @@ Gradients are averaged over replicas (on a device, the gradient of its replicas'
 pass; then ``lax.pmean`` over devices); batch-norm statistics are per replica unless the
 model was built with ``axis_name=AXIS`` and ``StepConfig.pool_replicas`` is set (``sync_batch_stats``: over the
 global batch); the running averages are averaged after every step so every replica keeps the same.
+
+With ``accumulate_steps = k > 1`` each replica's batch runs as k micro-batches in turn, each with its own
+batch statistics, and the gradients are averaged before one update (``accumulation.py`` says what happens to
+the running statistics).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from experiments.common.mesh import AXIS
+from experiments.trainer import accumulation
 from experiments.trainer import rng as rng_streams
 from experiments.trainer.input import augment
 
@@ -73,11 +78,19 @@ class StepConfig:
     # The host already drew and augmented each replica's batch (experiments/trainer/input/stream.py): the step's
     # images/labels are the batch itself, (replicas, per_replica_batch, ...), not the replica's shard.
     streamed: bool = False
+    # Micro-batches per replica and step, run in turn, gradients averaged (see accumulation.py).
+    accumulate_steps: int = 1
 
     def __post_init__(self):
         if self.data_order not in DATA_ORDERS:
             raise ValueError(
                 f"unknown data_order {self.data_order!r}; choose one of {', '.join(DATA_ORDERS)}."
+            )
+        k = self.accumulate_steps
+        if not isinstance(k, int) or k < 1 or self.per_replica_batch % k:
+            raise ValueError(
+                f"accumulate_steps={k!r} must be a positive integer that divides the per-replica batch "
+                f"of {self.per_replica_batch}."
             )
 
     @classmethod
@@ -95,6 +108,7 @@ class StepConfig:
             pool_replicas=config.sync_batch_stats,
             # Read here only; configs other than the micro-batch study's do not define it.
             data_order=config.get("data_order", "replica"),
+            accumulate_steps=config.accumulate_steps,
         )
 
 
@@ -163,10 +177,10 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _loss(state: TrainState, params, x: jax.Array, batch_labels: jax.Array):
+def _loss(state: TrainState, params, batch_stats, x: jax.Array, batch_labels: jax.Array):
     """A batch's mean cross-entropy, with (updated batch statistics, metrics) as aux."""
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats},
+        {"params": params, "batch_stats": batch_stats},
         x,
         train=True,
         mutable=["batch_stats"],
@@ -176,14 +190,6 @@ def _loss(state: TrainState, params, x: jax.Array, batch_labels: jax.Array):
     return loss, (updates.get("batch_stats", {}), {"loss": loss, "accuracy": accuracy})
 
 
-def _gradient(state: TrainState, params, x: jax.Array, batch_labels: jax.Array):
-    """Gradient, updated batch statistics and metrics of one batch. No averaging."""
-    (_, (batch_stats, metrics)), grads = jax.value_and_grad(
-        functools.partial(_loss, state), has_aux=True
-    )(params, x, batch_labels)
-    return grads, batch_stats, metrics
-
-
 def _replica_batch(state: TrainState, images, labels, cfg: StepConfig, replica):
     """The replica's normalized batch: drawn from its shard, or (streamed) as the host made it."""
     if cfg.streamed:
@@ -191,40 +197,48 @@ def _replica_batch(state: TrainState, images, labels, cfg: StepConfig, replica):
     return draw_batch(state.rng, state.step, images, labels, cfg, replica)
 
 
-def _replicas_gradient(state: TrainState, params, images: jax.Array, labels: jax.Array, cfg):
+def _replica_batches(state: TrainState, images: jax.Array, labels: jax.Array, cfg: StepConfig):
+    """This device's replicas' batches, ``(r, b, ...)`` and their labels ``(r, b)``."""
+    draw = jax.vmap(lambda im, lb, r: _replica_batch(state, im, lb, cfg, r))
+    return draw(images, labels, replica_ids(cfg.replicas_per_device))
+
+
+def _replicas_gradient(
+    state: TrainState, params, batch_stats, x: jax.Array, batch_labels: jax.Array
+):
     """The device's replicas, each on its own batch and statistics: their mean gradient, each one's statistics.
 
-    Each replica draws and augments its batch and normalizes with its own statistics (``jax.vmap`` over the
-    replicas' forward passes, the parameters shared). The gradient is that of the replicas' mean loss,
-    ``(1/r) Σ_i L_i``, which is the mean of their gradients, computed in one backward pass: a per-replica
-    gradient (``vmap`` of ``grad``) would hold r copies of every parameter's gradient and compute each
-    kernel's as r small convolutions. Returns the mean gradient and, per replica (leading axis r), the
-    updated batch statistics and metrics.
+    Replica i normalizes ``x[i]`` with its own batch statistics and updates its own running statistics
+    ``batch_stats[i]`` (``jax.vmap`` over the replicas' forward passes, the parameters shared). The gradient is
+    that of the replicas' mean loss, ``(1/r) Σ_i L_i``, which is the mean of their gradients, computed in one
+    backward pass: a per-replica gradient (``vmap`` of ``grad``) would hold r copies of every parameter's
+    gradient and compute each kernel's as r small convolutions. Returns the mean gradient and, per replica
+    (leading axis r), the updated batch statistics and metrics.
     """
 
     def mean_loss(params):
-        def one(images, labels, replica):
-            x, batch_labels = _replica_batch(state, images, labels, cfg, replica)
-            return _loss(state, params, x, batch_labels)
-
-        losses, aux = jax.vmap(one)(images, labels, replica_ids(cfg.replicas_per_device))
+        losses, aux = jax.vmap(functools.partial(_loss, state, params))(
+            batch_stats, x, batch_labels
+        )
         return jnp.mean(losses), aux
 
     (_, (batch_stats, metrics)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
     return grads, batch_stats, metrics
 
 
-def _pooled_gradient(state: TrainState, params, images: jax.Array, labels: jax.Array, cfg):
-    """A device's replicas as one batch, each replica's part drawn as that replica draws it.
+def _pooled_gradient(state: TrainState, params, batch_stats, x: jax.Array, batch_labels: jax.Array):
+    """A device's replicas' batches ``x`` (r, b, ...) as one batch of r·b: its gradient, statistics, metrics.
 
     With batch statistics synced over all replicas every replica normalizes alike, so the mean loss over the
     pooled batch is the mean of the replicas' losses (their batches are equal in size) and its gradient their
     mean gradient: the same maths as vmapped replicas, which cannot average statistics over their vmapped axis
     and the devices' axis in one collective inside ``shard_map``.
     """
-    draw = jax.vmap(lambda im, lb, r: _replica_batch(state, im, lb, cfg, r))
-    x, batch_labels = draw(images, labels, replica_ids(cfg.replicas_per_device))
-    return _gradient(state, params, x.reshape(-1, *x.shape[2:]), batch_labels.reshape(-1))
+    loss = functools.partial(_loss, state)
+    (_, (batch_stats, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(
+        params, batch_stats, x.reshape(-1, *x.shape[2:]), batch_labels.reshape(-1)
+    )
+    return grads, batch_stats, metrics
 
 
 def _mean_over_replicas(tree):
@@ -240,11 +254,22 @@ def _per_device_train_step(
     # is its own, the mean over its replicas (for replicated parameters shard_map's autodiff would sum it
     # over devices); then average over devices, as pmap-era data parallelism does.
     local_params = lax.pcast(state.params, AXIS, to="varying")
+    x, batch_labels = _replica_batches(state, images, labels, cfg)
+    k = cfg.accumulate_steps
     if cfg.pool_replicas:
-        pooled = _pooled_gradient(state, local_params, images, labels, cfg)
+        gradient = functools.partial(_pooled_gradient, state)
+        pooled = accumulation.accumulate(
+            gradient, local_params, state.batch_stats, x, batch_labels, k, AXIS
+        )
         grads, batch_stats, metrics = lax.pmean(pooled, AXIS)
     else:
-        grads, batch_stats, metrics = _replicas_gradient(state, local_params, images, labels, cfg)
+        # Every replica starts from the step's running statistics and carries its own through its batch.
+        r = cfg.replicas_per_device
+        stats = jax.tree.map(lambda a: jnp.broadcast_to(a, (r, *a.shape)), state.batch_stats)
+        gradient = functools.partial(_replicas_gradient, state)
+        grads, batch_stats, metrics = accumulation.accumulate(
+            gradient, local_params, stats, x, batch_labels, k, AXIS
+        )
         grads = lax.pmean(grads, AXIS)  # already the mean over this device's replicas
         # Each replica updated its running statistics from its own micro-batch; averaging them keeps one
         # model.

@@ -12,9 +12,9 @@ pytestmark = pytest.mark.slow
 def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     results, path = benchmark.run(tiny=True, batches=[2, 4], repeats=2, calls=1, out_dir=tmp_path)
     saved = json.loads(path.read_text())
-    # One line as each of the 9 cases starts and ends, with the time elapsed.
-    progress = [line for line in capsys.readouterr().err.splitlines() if "/9] " in line]
-    assert len(progress) == 18 and progress[-1].split()[1:3] == ["[9/9]", "micro-batch"], progress
+    # One line as each of the 10 cases starts and ends, with the time elapsed.
+    progress = [line for line in capsys.readouterr().err.splitlines() if "/10] " in line]
+    assert len(progress) == 20 and progress[-1].split()[1:3] == ["[10/10]", "gradient"], progress
     commit = saved["machine"]["commit"][:12]
     kind = saved["machine"]["device_kind"].replace(" ", "_")
     assert path.name == f"{saved['started']}_{kind}_{commit}" + (
@@ -45,8 +45,24 @@ def test_tiny_benchmark_writes_every_section(tmp_path, capsys):
     for e in emulation:
         g = e["global_batch"]
         assert set(e["step_time_s"]) == {"1/device", f"{g}/device"} and e["emulation_cost"] > 0
+    accumulation = saved["accumulation"]
+    assert (accumulation["model"], accumulation["norm"], accumulation["per_device_batch"]) == (
+        "vgg_tiny",
+        "bcn",
+        4,
+    )
+    rows = accumulation["rows"]
+    assert [(r["accumulate_steps"], r["micro_batch"]) for r in rows] == [(1, 4), (2, 2), (4, 1)]
+    for r in rows:
+        memory = r["compiled_memory"]  # XLA's buffer assignment, on the CPU too
+        assert memory["temp"] > 0 and memory["total"] >= memory["temp"]
+        assert r["device_memory"] is None  # the CPU keeps no memory statistics
+        assert r["step_time_s"]["median"] > 0 and r["step_time_over_one_batch"] > 0
+    assert rows[0]["micro_batch_alone"] is None and rows[0]["memory_over_one_batch"] == 1
+    assert all(r["micro_batch_alone"]["temp"] > 0 for r in rows[1:])
     table = benchmark.format_table(results)
     assert "WS overhead, batch 2" in table and "micro-batch emulation, vgg_tiny BCN+WS" in table
+    assert "gradient accumulation, vgg_tiny WS+BCN, batch 4 as 4 x 1" in table
 
 
 def _vgg16_setup():

@@ -57,6 +57,12 @@ def _error_line(result) -> str:
         ),
         (["--config.replicas_per_device=0"], 1, "replicas_per_device must be a positive integer"),
         (
+            ["--config.accumulate_steps=3", "--config.global_batch_size=16"],
+            2,
+            "global_batch_size=16 does not divide evenly over 2 devices × 3 micro-batches "
+            "(accumulate_steps); use a multiple of 6",
+        ),
+        (
             ["--config.replicas_per_device=2", "--config.sync_batch_stats=True"],
             1,
             "sync_batch_stats=True needs replicas_per_device=1",
