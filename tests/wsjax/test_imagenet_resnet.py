@@ -103,9 +103,11 @@ def test_bottleneck_init_zero_last_norm_and_official_conv_init():
     assert abs(kernel.std() / std - 1) < 0.06  # 2,304 draws: 1.5% standard error
     assert np.abs(kernel).max() > 2.5 * std  # not truncated at 2 std
     assert "bias" not in params["conv1"]
+    # BCN takes nn.BatchNorm's scale_init: its output's (the channel norm's) scale starts at zero.
     bcn = functools.partial(wsjax.BatchChannelNorm, num_groups=4)
-    with pytest.raises(ValueError, match="zero_init_last_norm needs a norm that takes scale_init"):
-        jax.eval_shape(_bottleneck(bcn, zero_init_last_norm=True).init, jax.random.key(0), x)
+    params = jax.jit(_bottleneck(bcn, zero_init_last_norm=True).init)(jax.random.key(0), x)["params"]
+    assert not np.any(params["norm3"]["channel_norm"]["scale"])
+    assert np.all(params["norm3"]["batch_norm"]["scale"] == 1)
 
 
 def test_defaults_are_the_gn_ws_checkpoints():
