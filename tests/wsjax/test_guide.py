@@ -79,7 +79,9 @@ def test_the_commands_name_modules_and_files_that_exist(document):
                 assert importlib.util.find_spec(module) is not None, (
                     f"{document.name}: `{line}` runs {module}, which does not exist"
                 )
-        for path in re.findall(r"\b((?:experiments|scripts|wsjax)/[\w/.-]+\.(?:py|sh))", line):
+        for path in re.findall(
+            r"(?<![\w/])((?:experiments|scripts|wsjax)/[\w/.-]+\.(?:py|sh))", line
+        ):
             assert (REPO / path).is_file(), (
                 f"{document.name}: `{line}` names {path}, which does not exist"
             )

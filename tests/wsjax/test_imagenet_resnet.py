@@ -105,7 +105,9 @@ def test_bottleneck_init_zero_last_norm_and_official_conv_init():
     assert "bias" not in params["conv1"]
     # BCN takes nn.BatchNorm's scale_init: its output's (the channel norm's) scale starts at zero.
     bcn = functools.partial(wsjax.BatchChannelNorm, num_groups=4)
-    params = jax.jit(_bottleneck(bcn, zero_init_last_norm=True).init)(jax.random.key(0), x)["params"]
+    params = jax.jit(_bottleneck(bcn, zero_init_last_norm=True).init)(jax.random.key(0), x)[
+        "params"
+    ]
     assert not np.any(params["norm3"]["channel_norm"]["scale"])
     assert np.all(params["norm3"]["batch_norm"]["scale"] == 1)
 
