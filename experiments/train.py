@@ -37,6 +37,7 @@ from experiments.trainer.loop import NonFiniteError, Preemption, Run, run_loop
 from experiments.trainer.metrics import MetricsWriter
 from experiments.trainer.profiling import StepProfiler
 from experiments.trainer.run_info import RunInfo
+from experiments.trainer.validation import validate
 from experiments.trainer.workdir import (
     WorkdirBusyError,
     WorkdirLock,
@@ -44,44 +45,6 @@ from experiments.trainer.workdir import (
     is_out_of_space,
     out_of_space_message,
 )
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Clear errors for settings that cannot work, before any data is loaded.
-
-    Raises:
-      ConfigError: the message names the setting and the fix.
-    """
-    r = config.replicas_per_device
-    if not isinstance(r, int) or r < 1:
-        raise ConfigError(f"replicas_per_device must be a positive integer, got {r!r}.")
-    if r > 1 and config.sync_batch_stats:
-        raise ConfigError(
-            "sync_batch_stats=True needs replicas_per_device=1: batch statistics are synced over devices, "
-            "and replicas on one device are meant to keep their own (the micro-batch setting)."
-        )
-    k = config.accumulate_steps
-    if not isinstance(k, int) or k < 1:
-        raise ConfigError(f"accumulate_steps must be a positive integer, got {k!r}.")
-    # Each replica's batch splits into k micro-batches.
-    parts = num_devices * r * k
-    where = (
-        f"{num_devices} devices"
-        + (f" × {r} replicas" if r > 1 else "")
-        + (f" × {k} micro-batches (accumulate_steps)" if k > 1 else "")
-    )
-    if config.global_batch_size <= 0 or config.global_batch_size % parts:
-        raise ConfigError(
-            f"global_batch_size={config.global_batch_size} does not divide evenly over {where}; "
-            f"use a multiple of {parts} (e.g. --config.global_batch_size="
-            f"{max(1, round(config.global_batch_size / parts)) * parts})."
-        )
-    if config.eval_batch_size <= 0:
-        raise ConfigError(f"eval_batch_size must be positive, got {config.eval_batch_size}.")
-    if not isinstance(config.profile_steps, int) or config.profile_steps < 0:
-        raise ConfigError(
-            f"profile_steps must be 0 (off) or a step count, got {config.profile_steps!r}."
-        )
 
 
 @contextlib.contextmanager
@@ -177,7 +140,7 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
                 f"fewer than its batch of {source.per_process_batch}."
             )
     else:
-        if config.get("augmentation", "pad_crop") != "pad_crop":
+        if config.augmentation != "pad_crop":
             raise ConfigError(
                 f"augmentation={config.augmentation!r} needs input_pipeline='stream' (the memory path "
                 f"crops and flips on the device at the native size)."
@@ -190,7 +153,7 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
                 config.download,
                 test_pad_multiple=eval_per_replica,
                 replicas_per_device=where.replicas_per_device,
-                cache_dir=config.get("data_cache_dir"),
+                cache_dir=config.data_cache_dir,
             )
         source = MemoryInput(dataset, eval_per_replica)
         steps_per_epoch = dataset.train.per_replica // per_replica_batch

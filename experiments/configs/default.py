@@ -62,6 +62,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.sync_batch_stats = False
     # Computation dtype: float32 | bfloat16 (parameters and statistics stay float32).
     config.dtype = "float32"
+    # Start from a converted checkpoint: an .npz of its arrays under the source's names ("": a fresh model).
+    # It defines the network and its conventions; conv, norm, ws_preset and num_groups then do not apply.
+    config.init_from = ""
+    config.init_from_format = (
+        "official"  # official (Qiao's ResNets) | bit | timm (wsjax.pretrained)
+    )
 
     # Optimization.
     config.global_batch_size = 64  # split evenly over all replicas of all devices of all hosts
@@ -72,14 +78,21 @@ def get_config() -> ml_collections.ConfigDict:
     # statistics; memory of one micro-batch), gradients averaged, one optimizer update. BN/BCN running
     # statistics are updated once per micro-batch (see experiments/trainer/accumulation.py). 1: off.
     config.accumulate_steps = 1
+    # replica: each replica walks its own shuffled shard; example: each of the global batch's slots is its own
+    # stream, so the same global batches are drawn however they are split (the micro-batch study).
+    config.data_order = "replica"
     config.num_epochs = 10
     config.num_train_steps = -1  # > 0 overrides num_epochs
-    config.optimizer = "adam"  # adam | adamw | sgd (Nesterov)
+    config.optimizer = "adam"  # adam | adamw | sgd (Nesterov) | momentum (heavy ball)
     config.learning_rate = 2.5e-4
     config.schedule = (
         "constant"  # constant | cosine | steps (all after warmup_epochs of linear warm-up)
     )
     config.warmup_epochs = 0.0
+    config.warmup_steps = -1  # >= 0 wins over warmup_epochs
+    # steps schedule: x0.1 at each of these epochs; () : at each of decay_fractions of the run instead.
+    config.decay_epochs = ()
+    config.decay_fractions = (0.3, 0.6, 0.9)  # BiT-HyperRule's
     config.weight_decay = 0.0  # L2, as PyTorch's weight_decay (adamw: decoupled)
     config.weight_decay_on = "kernels"  # kernels | all (also biases, norm scales/shifts, WS gains)
     config.momentum = 0.9  # sgd only

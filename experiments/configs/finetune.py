@@ -37,7 +37,6 @@ def get_config(init_from_format: str | None = None) -> ml_collections.ConfigDict
     # The converted checkpoint: an .npz of the source's names (required), and how to read it. The checkpoint
     # defines the network (conv, norm and WS preset do not apply); config.model names the architecture for
     # "official" (resnet50 | resnet101 | resnext50_32x4d | resnext101_32x4d) and "timm" (timm's name).
-    config.init_from = ""
     config.init_from_format = init_from_format
     config.model = "resnet50"
     config.normalize_mean, config.normalize_std = NORMALIZATION[init_from_format]
@@ -51,7 +50,6 @@ def get_config(init_from_format: str | None = None) -> ml_collections.ConfigDict
     config.learning_rate = 0.003 * config.global_batch_size / 512
     config.weight_decay = 0.0
     config.schedule = "steps"
-    config.decay_fractions = (0.3, 0.6, 0.9)  # x0.1 at each fraction of the run
     config.warmup_steps = 500  # wins over warmup_epochs
     config.eval_every_steps = 1_000
     config.checkpoint_every_steps = 1_000

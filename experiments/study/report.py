@@ -55,31 +55,33 @@ def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
         info_path, config_path = run / "run_info.json", run / "config.json"
         if not info_path.exists() or not config_path.exists():
             continue
-        info, config = json.loads(info_path.read_text()), json.loads(config_path.read_text())
+        # A run's saved config.json (a dict): one written before replicas_per_device or data_order existed
+        # lacks them, hence .get with the value such runs had.
+        info, saved = json.loads(info_path.read_text()), json.loads(config_path.read_text())
         if "final_test_accuracy" not in info:
             continue  # unfinished
         metrics_path = run / "metrics.jsonl"
         records = [
             json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()
         ]
-        replicas = info["device_count"] * config.get("replicas_per_device", 1)
+        replicas = info["device_count"] * saved.get("replicas_per_device", 1)
         cells.append(
             {
                 "name": run.name,
-                "normalization": NAME_BY_SETTING[(config["conv"], config["norm"])],
-                "per_device_batch": config["global_batch_size"] // replicas,
+                "normalization": NAME_BY_SETTING[(saved["conv"], saved["norm"])],
+                "per_device_batch": saved["global_batch_size"] // replicas,
                 "replicas": replicas,
                 "device_count": info["device_count"],
-                "global_batch": config["global_batch_size"],
-                "data_order": config.get("data_order", "replica"),
-                "seed": config["seed"],
+                "global_batch": saved["global_batch_size"],
+                "data_order": saved.get("data_order", "replica"),
+                "seed": saved["seed"],
                 "accuracy": info["final_test_accuracy"],
                 "steps": info["final_step"],
                 "wall_time_s": info["train_wall_time_s"],
                 "commit": info["commit"],
-                "model": config["model"],
-                "dataset": config["dataset"],
-                "optimizer": f"{config['optimizer']} {config['learning_rate']:g} {config['schedule']}",
+                "model": saved["model"],
+                "dataset": saved["dataset"],
+                "optimizer": f"{saved['optimizer']} {saved['learning_rate']:g} {saved['schedule']}",
                 "train_loss": [(r["step"], r["loss"]) for r in records if r["split"] == "train"],
                 "test_accuracy": [
                     (r["step"], r["accuracy"]) for r in records if r["split"] == "test"

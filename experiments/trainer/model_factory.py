@@ -14,7 +14,6 @@ import numpy as np
 
 import wsjax
 from experiments.common.errors import ConfigError
-from wsjax import APPLY_TO
 from wsjax.models import (
     VGG,
     VGG16,
@@ -46,6 +45,7 @@ MODELS = {
     "resnext101_32x4d": functools.partial(ResNeXt101_32x4d, avg_pool_window=None),
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CONVS = ("ws", "plain")  # weight-standardized or plain nn.Conv
 CONV_IMPLS = {"auto": wsjax.cpu.conv_general_dilated, "xla": jax.lax.conv_general_dilated}
 
 
@@ -54,52 +54,29 @@ def build_model(
 ) -> nn.Module:
     """``config.model`` with ``config.conv`` convolutions and ``config.norm`` normalization.
 
+    The names in ``config`` are those :func:`experiments.trainer.validation.validate` accepts.
+
     Args:
       config: the experiment config.
       num_classes: classifier width.
       axis_name: the mapped batch axis when batch statistics are synced, else None (per device).
-
-    Raises:
-      ConfigError: an unknown model, dtype, conv, ws_preset, ws_apply_to, conv_impl or norm.
     """
-    if config.model not in MODELS:
-        raise ConfigError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}.")
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}.")
     dtype = DTYPES[config.dtype]
+    conv: Any = nn.Conv
     if config.conv == "ws":
-        if config.ws_apply_to not in APPLY_TO:
-            raise ConfigError(
-                f"unknown ws_apply_to {config.ws_apply_to!r}; choose one of {', '.join(APPLY_TO)}."
-            )
-        if config.ws_preset not in wsjax.PRESETS:
-            raise ConfigError(
-                f"unknown ws_preset {config.ws_preset!r}; choose one of {', '.join(wsjax.PRESETS)}."
-            )
         conv = functools.partial(
             wsjax.WSConv, apply_to=config.ws_apply_to, standardization=config.ws_preset
         )
-    elif config.conv == "plain":
-        conv = nn.Conv
-    else:
-        raise ConfigError(f"unknown conv {config.conv!r}; choose 'ws' or 'plain'.")
     # XLA:CPU is slow on maps smaller than the kernel: see wsjax.cpu. "auto" (the library's default for
     # WSConv) takes that path only on the CPU backend; "xla" is lax's own convolution everywhere.
-    if config.conv_impl not in CONV_IMPLS:
-        raise ConfigError(
-            f"unknown conv_impl {config.conv_impl!r}; choose one of {', '.join(CONV_IMPLS)}."
-        )
     conv = functools.partial(conv, conv_general_dilated=CONV_IMPLS[config.conv_impl])
-    try:
-        norm = norm_layer(
-            config.norm,
-            num_groups=config.num_groups,
-            momentum=config.bn_momentum,
-            axis_name=axis_name,
-            dtype=dtype,
-        )
-    except ValueError as e:  # an unknown norm name: the library's message names the valid ones
-        raise ConfigError(str(e)) from e
+    norm = norm_layer(
+        config.norm,
+        num_groups=config.num_groups,
+        momentum=config.bn_momentum,
+        axis_name=axis_name,
+        dtype=dtype,
+    )
     return MODELS[config.model](num_classes=num_classes, conv=conv, norm=norm, dtype=dtype)
 
 
@@ -127,17 +104,12 @@ def load_init_from(
     apply; an official ResNeXt averages globally (its AvgPool2d(7) on 224 x 224, any size otherwise).
 
     Raises:
-      ConfigError: an unknown format, a loader this wsjax lacks, an unreadable file, or weights that do
+      ConfigError: a loader this wsjax lacks, an unreadable file, or weights that do
         not fit (the loader's message, naming the first offending key).
     """
-    path = config.get("init_from")
+    path, fmt = config.init_from, config.init_from_format
     if not path:
         return None
-    fmt = config.get("init_from_format", "official")
-    if fmt not in INIT_FROM_FORMATS:
-        raise ConfigError(
-            f"unknown init_from_format {fmt!r}; choose one of {', '.join(INIT_FROM_FORMATS)}."
-        )
     import wsjax.pretrained
 
     loader = getattr(wsjax.pretrained, INIT_FROM_FORMATS[fmt], None)

@@ -6,7 +6,11 @@ import jax
 import ml_collections
 import optax
 
-from experiments.common.errors import ConfigError
+from experiments.common.errors import unknown
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
+SCHEDULES = ("constant", "cosine", "steps")
+WEIGHT_DECAY_ON = ("kernels", "all")
 
 
 def learning_rate_schedule(
@@ -14,11 +18,13 @@ def learning_rate_schedule(
 ) -> optax.Schedule:
     """``constant`` (after an optional linear warm-up), ``cosine`` (warm-up then cosine decay to 0) or
     ``steps`` (warm-up, then x0.1 at each epoch of ``config.decay_epochs`` where a config sets it: the ResNet
-    recipe's 30 and 60 of 90; else at each of ``config.decay_fractions`` of the run, default 30/60/90%:
-    BiT-HyperRule's)."""
-    # config.warmup_steps (>= 0, where a config has it) wins over warmup_epochs.
-    warmup_steps = config.get("warmup_steps", -1)
-    warmup = warmup_steps if warmup_steps >= 0 else int(config.warmup_epochs * steps_per_epoch)
+    recipe's 30 and 60 of 90; else at each of ``config.decay_fractions`` of the run, by default
+    BiT-HyperRule's 30/60/90%)."""
+    warmup = (
+        config.warmup_steps
+        if config.warmup_steps >= 0
+        else int(config.warmup_epochs * steps_per_epoch)
+    )
     if config.schedule == "constant":
         if warmup == 0:
             return optax.constant_schedule(config.learning_rate)
@@ -35,10 +41,10 @@ def learning_rate_schedule(
         )
     if config.schedule == "steps":
         # After the warm-up, x0.1 at each decay (absolute steps of the run).
-        if config.get("decay_epochs", ()):
+        if config.decay_epochs:
             decays = [int(e * steps_per_epoch) for e in config.decay_epochs]
         else:
-            decays = [int(f * total_steps) for f in config.get("decay_fractions", (0.3, 0.6, 0.9))]
+            decays = [int(f * total_steps) for f in config.decay_fractions]
         boundaries: dict[int, float] = {}
         for at in decays:
             step = max(at - warmup, 1)  # counted from the warm-up's end
@@ -49,9 +55,7 @@ def learning_rate_schedule(
         return optax.join_schedules(
             [optax.linear_schedule(0.0, config.learning_rate, warmup), decay], [warmup]
         )
-    raise ConfigError(
-        f"unknown schedule {config.schedule!r}; choose 'constant', 'cosine' or 'steps'."
-    )
+    raise unknown("schedule", config.schedule, SCHEDULES)
 
 
 def _kernels_only(params):
@@ -62,8 +66,8 @@ def _kernels_only(params):
 def _decay_mask(config: ml_collections.ConfigDict):
     """``optax``'s mask for ``config.weight_decay_on``: kernels only, or None (every parameter)."""
     on = config.weight_decay_on
-    if on not in ("kernels", "all"):
-        raise ConfigError(f"unknown weight_decay_on {on!r}; choose 'kernels' or 'all'.")
+    if on not in WEIGHT_DECAY_ON:
+        raise unknown("weight_decay_on", on, WEIGHT_DECAY_ON)
     return _kernels_only if on == "kernels" else None
 
 
@@ -94,6 +98,4 @@ def make_optimizer(
             optax.add_decayed_weights(config.weight_decay, mask),
             optax.sgd(schedule, momentum=config.momentum, nesterov=False),
         )
-    raise ConfigError(
-        f"unknown optimizer {config.optimizer!r}; choose 'adam', 'adamw', 'sgd' or 'momentum'."
-    )
+    raise unknown("optimizer", config.optimizer, OPTIMIZERS)

@@ -106,8 +106,7 @@ class StepConfig:
             std=tuple(config.normalize_std),
             replicas_per_device=config.replicas_per_device,
             pool_replicas=config.sync_batch_stats,
-            # Read here only; configs other than the micro-batch study's do not define it.
-            data_order=config.get("data_order", "replica"),
+            data_order=config.data_order,
             accumulate_steps=config.accumulate_steps,
         )
 

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from experiments import train
 from experiments.common.errors import ConfigError
-from experiments.trainer import steps
+from experiments.trainer import steps, validation
 from experiments.trainer.metrics import read_metrics
 from tests.helpers import tiny_config
 from wsjax.models import VGG, norm_layer
@@ -161,10 +161,10 @@ def test_bad_accumulation_steps_are_refused():
         )  # fmt: skip
     # 16 images over 8 devices are 2 per device: not 4 micro-batches.
     with pytest.raises(ConfigError, match=r"over 8 devices × 4 micro-batches \(accumulate_steps\)"):
-        train.validate(tiny_config(accumulate_steps=4), num_devices=8)
+        validation.validate(tiny_config(accumulate_steps=4), num_devices=8)
     with pytest.raises(ConfigError, match="accumulate_steps must be a positive integer, got 0"):
-        train.validate(tiny_config(accumulate_steps=0), num_devices=1)
-    train.validate(tiny_config(accumulate_steps=2), num_devices=8)
+        validation.validate(tiny_config(accumulate_steps=0), num_devices=1)
+    validation.validate(tiny_config(accumulate_steps=2), num_devices=8)
 
 
 def test_trainer_runs_with_accumulation(tmp_path):

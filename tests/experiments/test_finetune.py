@@ -106,10 +106,6 @@ def test_init_from_errors(tmp_path, tiny_checkpoint, monkeypatch):
         )
 
     assert load(init_from="") is None
-    with pytest.raises(
-        ConfigError, match="unknown init_from_format 'pth'; choose one of official, bit, timm"
-    ):
-        load(init_from_format="pth")
     monkeypatch.delattr(wsjax.pretrained, "from_bit", raising=False)
     with pytest.raises(ConfigError, match="needs wsjax.pretrained.from_bit, which this version"):
         load(init_from_format="bit")

@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 import pathlib
 
-from experiments.common.errors import ConfigError
+from experiments.common.errors import unknown
 from experiments.trainer.input import data, data_cache
 
 PIPELINES = ("memory", "stream", "auto")
+# config.augmentation: pad_crop (both pipelines) | inception (stream only); see transforms.py.
+AUGMENTATIONS = ("pad_crop", "inception")
 # The one threshold: 4 GiB of decoded training pixels (CIFAR-10: 0.15 GB, Fashion-MNIST: 0.05 GB).
 MEMORY_LIMIT_BYTES = 4 * 2**30
 
@@ -38,15 +40,15 @@ def resolve(config) -> str:
     Raises:
       ConfigError: an unknown ``input_pipeline``.
     """
-    mode = config.get("input_pipeline", "memory")
+    mode = config.input_pipeline
     if mode not in PIPELINES:
-        raise ConfigError(f"unknown input_pipeline {mode!r}; choose one of {', '.join(PIPELINES)}.")
+        raise unknown("input_pipeline", mode, PIPELINES)
     if mode != "auto":
         return mode
     name = config.dataset
     if name == data.SYNTHETIC or data_cache.is_complete(pathlib.Path(name)):
         return "memory"
-    cache = data_cache.resolve_cache_dir(config.get("data_cache_dir"))
+    cache = data_cache.resolve_cache_dir(config.data_cache_dir)
     if cache is not None and data_cache.find(cache, *data_cache.split_name_and_version(name)):
         return "memory"
     from experiments.trainer.input import sources

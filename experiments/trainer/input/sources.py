@@ -134,7 +134,7 @@ def _tfds_source(builder, split: str):
 
 def open_sources(config) -> Sources:
     """The train and evaluation sources of ``config.dataset`` (see :func:`experiments.trainer.input.stream.open`)."""
-    name, eval_split = config.dataset, config.get("eval_split", "test")
+    name, eval_split = config.dataset, config.eval_split
     in_memory = None
     if name == data.SYNTHETIC:
         shape = (32, 32, 3)
@@ -151,7 +151,7 @@ def open_sources(config) -> Sources:
         whole, classes, shape = data_cache.load_folder(pathlib.Path(name))
         in_memory = (whole, classes, shape, f"npz:{name}")
     else:
-        cache = data_cache.resolve_cache_dir(config.get("data_cache_dir"))
+        cache = data_cache.resolve_cache_dir(config.data_cache_dir)
         found = data_cache.find(cache, *data_cache.split_name_and_version(name)) if cache else None
         if found is not None:
             whole, classes, shape = data_cache.load_folder(found)

@@ -54,8 +54,6 @@ from experiments.common.mesh import AXIS
 from experiments.trainer.input import sources as sources_lib
 from experiments.trainer.input import transforms
 
-AUGMENTATIONS = ("pad_crop", "inception")
-
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
@@ -211,18 +209,10 @@ class StreamInput:
         per_replica_batch: int,
         eval_per_replica: int,
     ):
-        kind = config.get("augmentation", "pad_crop")
-        if kind not in AUGMENTATIONS:
-            raise ConfigError(
-                f"unknown augmentation {kind!r}; choose one of {', '.join(AUGMENTATIONS)}."
-            )
-        seed = config.seed
-        if not 0 <= seed < 2**32:
-            raise ConfigError(f"seed must be in [0, 2**32) for the streaming pipeline, got {seed}.")
+        # validate() has checked the names and ranges; what the data says is checked here.
+        kind = config.augmentation
         self.sources = sources_lib.open_sources(config)
-        size = config.get("image_size") or None
-        if kind == "inception" and not size:
-            raise ConfigError("augmentation='inception' needs config.image_size (e.g. 224).")
+        size = config.image_size or None
         if kind == "pad_crop" and self.sources.shape is None:
             raise ConfigError(
                 f"{config.dataset!r} has images of different sizes: use augmentation='inception' with "
@@ -238,13 +228,11 @@ class StreamInput:
         self.local_replicas = local_devices * replicas_per_device
         self.num_replicas = mesh.devices.size * replicas_per_device
         self.per_replica_batch, self.eval_per_replica = per_replica_batch, eval_per_replica
-        self.workers = config.get("input_workers", 0)
-        if self.workers < 0:
-            raise ConfigError(f"input_workers must be >= 0, got {self.workers}.")
+        self.workers = config.input_workers
         if self.workers:
             _absl_flags_parsed()
-        self.threads = config.get("input_threads", 0) or min(16, os.cpu_count() or 1)
-        self.depth = config.get("prefetch", 2)
+        self.threads = config.input_threads or min(16, os.cpu_count() or 1)
+        self.depth = config.prefetch
         self.train_source = sources_lib.Decoded(self.sources.train, channels)
         self.eval_source = sources_lib.Decoded(self.sources.eval, channels)
         # What each process walks: its N // P records (grain's even split, the remainder dropped).
@@ -261,7 +249,7 @@ class StreamInput:
             ),
             shuffle=True,
             num_epochs=None,
-            seed=seed,
+            seed=config.seed,
         )
         self._loader = grain.DataLoader(
             data_source=self.train_source,

@@ -25,10 +25,10 @@ def train_to_target(config, target: float, time_limit_s: float) -> dict[str, Any
     import jax
 
     from experiments import train
-    from experiments.trainer import loop
+    from experiments.trainer import loop, validation
 
     started = time.perf_counter()
-    train.validate(config, jax.device_count())
+    validation.validate(config, jax.device_count())
     load_started = time.perf_counter()
     training = train.build(config)  # exactly what train_and_evaluate trains
     load_s = time.perf_counter() - load_started
