@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from experiments.bench import accumulation, cases, microbatch_emulation
+from experiments.bench import torch_reference as torch_reference_lib
 from experiments.common import cpu_backend, provenance
 from experiments.trainer import steps
 
@@ -163,20 +162,7 @@ def torch_reference(python: str, batches: list[int], setup: cases.Setup, results
     """labml-nn's PyTorch VGG16 WS+BCN step on this machine (a subprocess), and our step time over its."""
     if setup.model != "vgg16":
         raise SystemExit("error: the PyTorch reference is VGG16; drop --tiny to compare with it.")
-    repo = pathlib.Path(__file__).resolve().parents[2]
-    command = [python, "-m", "experiments.bench.torch_reference", f"--batches={','.join(map(str, batches))}",
-               f"--repeats={setup.repeats}", f"--calls={setup.calls}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    try:
-        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
-    except OSError as e:
-        raise SystemExit(f"error: cannot run --torch_python={python}: {e}") from e
-    if done.returncode != 0:
-        raise SystemExit(
-            f"error: the PyTorch reference failed (needs torch and labml-nn in {python}):\n"
-            + done.stderr[-2000:]
-        )
-    reference = json.loads(done.stdout.strip().splitlines()[-1])
+    reference = torch_reference_lib.run_in(python, batches, setup.repeats, setup.calls)
     ours = {o["per_device_batch"]: o["ws_step_s"] for o in results["ws_overhead"]}
     for r in reference["results"]:
         r["jax_over_torch"] = ours[r["batch"]] / r["ws"]["step_time_s"]["median"]

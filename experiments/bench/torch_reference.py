@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pathlib
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -133,6 +136,28 @@ def run(batches: list[int], repeats: int, calls: int) -> dict:
         "python": platform.python_version(),
         "results": results,
     }
+
+
+def run_in(python: str, batches: list[int], repeats: int, calls: int) -> dict:
+    """:func:`run` in ``python`` (an interpreter with torch and labml-nn), from a JAX process: its JSON.
+
+    Raises:
+      SystemExit: ``python`` cannot be run, or the reference fails there (its stderr's end is shown).
+    """
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    command = [python, "-m", "experiments.bench.torch_reference", f"--batches={','.join(map(str, batches))}",
+               f"--repeats={repeats}", f"--calls={calls}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    try:
+        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot run --torch_python={python}: {e}") from e
+    if done.returncode != 0:
+        raise SystemExit(
+            f"error: the PyTorch reference failed (needs torch and labml-nn in {python}):\n"
+            + done.stderr[-2000:]
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -28,6 +28,13 @@ import warnings
 from collections.abc import Mapping, MutableMapping
 
 XLA_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+# The same choice for one compilation (``jax.jit(f, compiler_options=...)`` or ``.compile(compiler_options=...)``),
+# which needs no flag and works after JAX has started: jaxlib 0.10.2's default fusion types (dot, convolution,
+# reduce) without the convolution. Its program is the flag's to the byte (tests/experiments/test_cpu_backend.py);
+# experiments/bench/cpu_default.py measures what it buys.
+XLA_CONVOLUTIONS_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+}
 PATIENT_COLLECTIVES = (
     "--xla_cpu_collective_call_terminate_timeout_seconds=600",
     "--xla_cpu_collective_timeout_seconds=600",
