@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 
+from experiments.bench import RESULTS
 from experiments.bench.cases import Setup, config_for, train_step
 from experiments.bench.timing import stepper, time_interleaved
 
@@ -110,7 +111,6 @@ def measure(
 if __name__ == "__main__":
     import datetime
     import json
-    import pathlib
 
     import numpy as np
     from jax.sharding import Mesh
@@ -129,7 +129,7 @@ if __name__ == "__main__":
         "machine": machine,
         "accumulation": result,
     }
-    out = pathlib.Path(__file__).resolve().parents[2] / "results" / "benchmarks"
+    out = RESULTS
     out.mkdir(parents=True, exist_ok=True)
     kind = machine["device_kind"].replace(" ", "_")
     path = out / f"{started:%Y-%m-%d_%H%M%S}_{kind}_{machine['commit'][:12]}_accumulation.json"

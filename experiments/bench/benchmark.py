@@ -25,12 +25,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from experiments.bench import accumulation, cases, microbatch_emulation
+from experiments.bench import RESULTS, accumulation, cases, cpu_default, microbatch_emulation
 from experiments.bench import torch_reference as torch_reference_lib
 from experiments.common import cpu_backend, provenance
 from experiments.trainer import steps
-
-RESULTS = pathlib.Path(__file__).resolve().parents[2] / "results" / "benchmarks"
 
 
 class _Progress:
@@ -85,7 +83,9 @@ def run(
         "started": now.strftime("%Y-%m-%d_%H%M%S"),
         "tiny": tiny,
     }
-    case = _Progress(len(batches) + 8 + bool(torch_python))
+    case = _Progress(
+        len(batches) + 8 + bool(torch_python) + (jax.default_backend() == "cpu" and not tiny)
+    )
     results["ws_overhead"] = [
         case(f"WS overhead, batch {b}", cases.ws_overhead, setup, b) for b in batches
     ]
@@ -124,6 +124,16 @@ def run(
         large,
         (1, 2, 4) if tiny else accumulation.ACCUMULATE_STEPS,
     )
+    if jax.default_backend() == "cpu" and not tiny:
+        # What a user who sets no XLA flag gets (a fresh process without it), with the PyTorch step beside it.
+        results["cpu_default"] = case(
+            f"CPU without the XLA flag, batch {large}",
+            cpu_default.measure,
+            large,
+            setup.repeats,
+            setup.calls,
+            torch_python,
+        )
     if torch_python:
         results["torch_reference"] = case(
             "PyTorch reference", torch_reference, torch_python, batches, setup, results
@@ -255,6 +265,20 @@ def format_table(r: dict) -> str:
         )
     a = r.get("accumulation")
     lines += [_accumulation_line(a, row) for row in (a["rows"] if a else [])]
+    d = r.get("cpu_default")
+    if d:
+        steps = d["step_time_s"]
+        torch = (
+            f"; PyTorch reference: {d['over_torch']['default']:.2f}x without, "
+            f"{d['over_torch']['xla_convolutions']:.2f}x with"
+            if "over_torch" in d
+            else ""
+        )
+        lines.append(
+            f"| train step, batch {d['batch']}, no XLA flag: as jax.jit compiles it / with "
+            f"compiler_options=XLA_CONVOLUTIONS_OPTIONS | {d['default_over_xla_convolutions']:.2f}x "
+            f"({_range(steps['default'])} vs {_range(steps['xla_convolutions'])}){torch} |"
+        )
     for t in r.get("torch_reference", {}).get("results", []):
         lines.append(
             f"| PyTorch reference (labml-nn, torch {r['torch_reference']['torch']}), batch {t['batch']}: "

@@ -1,6 +1,6 @@
 """The library on a CPU with no XLA flag, against the experiments' XLA setting and the PyTorch reference.
 
-    python -m experiments.bench.cpu_default [--batch 64] [--torch_python .venv-torch/bin/python]
+    python -m experiments.bench.cpu_default [--batch 64] [--torch_python .venv-torch/bin/python] [--out DIR]
 
 A user who imports wsjax on a laptop or a CPU Colab sets no ``XLA_FLAGS``. jaxlib 0.10's XLA:CPU then hands
 every 2-D float convolution to YNNPACK, which is slower here than XLA's own convolutions, most of all for
@@ -27,10 +27,12 @@ import argparse
 import datetime
 import json
 import os
+import pathlib
 import subprocess
 import sys
 from typing import Any
 
+from experiments.bench import RESULTS
 from experiments.common import cpu_backend
 
 # VGG16's 3x3 convolutions on 32 x 32 inputs, one per (map side, in, out); the 2 x 2 stage takes wsjax.cpu's
@@ -180,14 +182,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--torch_python", default=None, help="a Python with torch and labml-nn")
-    parser.add_argument(
-        "--here", action="store_true", help=argparse.SUPPRESS
-    )  # the measuring process
+    parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON record")
+    # The measuring process, started by measure() without the flag.
+    parser.add_argument("--here", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.here:
         print(json.dumps(measure_here(args.batch, args.repeats, args.calls)))
         return
-    from experiments.bench.benchmark import RESULTS
     from experiments.common import provenance
 
     now = datetime.datetime.now()
@@ -197,9 +198,10 @@ def main() -> None:
         "command": " ".join(["python -m experiments.bench.cpu_default", *sys.argv[1:]]),
         **measure(args.batch, args.repeats, args.calls, args.torch_python),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     commit = result["machine"]["commit"][:12]
-    path = RESULTS / f"{now.strftime('%Y-%m-%d_%H%M%S')}_cpu_default_{commit}.json"
+    path = out / f"{now.strftime('%Y-%m-%d_%H%M%S')}_cpu_default_{commit}.json"
     path.write_text(json.dumps(result, indent=2))
     print(format_table(result))
     print(f"\nwritten to {path}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from experiments.bench import RESULTS
 from experiments.bench.cases import Setup, train_step
 from experiments.bench.timing import stepper, time_interleaved
 from experiments.configs import microbatch as study_config
@@ -55,7 +56,6 @@ if __name__ == "__main__":
     import datetime
     import json
     import os
-    import pathlib
 
     import jax
     import numpy as np
@@ -76,7 +76,7 @@ if __name__ == "__main__":
         "load_average_after": os.getloadavg(),
         "microbatch_emulation": rows,
     }
-    out = pathlib.Path(__file__).resolve().parents[2] / "results" / "benchmarks"
+    out = RESULTS
     out.mkdir(parents=True, exist_ok=True)
     kind = machine["device_kind"].replace(" ", "_")
     path = (

@@ -101,3 +101,33 @@ def test_result_files_of_two_runs_differ():
     first = benchmark._file_name({"machine": machine, "started": "2026-11-28_101500"}, tiny=False)
     second = benchmark._file_name({"machine": machine, "started": "2026-11-28_143000"}, tiny=False)
     assert first == "2026-11-28_101500_NVIDIA_H100_0123456789ab-dirty.json" != second
+
+
+def test_cpu_default_measures_without_the_flag(tmp_path):
+    """The no-flag case in its own process: the step both ways, every VGG16 convolution, one JSON record."""
+    import subprocess
+    import sys
+
+    from experiments.bench import cpu_default
+    from experiments.common import cpu_backend
+    from tests.helpers import REPO, cli_env
+
+    command = [sys.executable, "-m", "experiments.bench.cpu_default", "--batch=2", "--repeats=1",
+               "--calls=1", f"--out={tmp_path}"]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO, env=cli_env(1), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = tmp_path.glob("*_cpu_default_*.json")
+    saved = json.loads(path.read_text())
+    assert cpu_backend.XLA_CONVOLUTIONS not in saved["xla_flags"]  # measured as a user without it
+    assert set(saved["step_time_s"]) == {"default", "xla_convolutions"}
+    assert saved["default_over_xla_convolutions"] == pytest.approx(
+        saved["step_time_s"]["default"]["median"]
+        / saved["step_time_s"]["xla_convolutions"]["median"]
+    )
+    assert [(c["map"], c["in"], c["out"]) for c in saved["convolutions"]] == list(
+        cpu_default.VGG16_CONVOLUTIONS
+    )
+    assert saved["command"].startswith("python -m experiments.bench.cpu_default")
+    assert "default / with the option" in done.stdout

@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 from experiments.common import cpu_backend
-from tests.helpers import REPO
+from tests.helpers import REPO, cli_env
 
 CONVOLUTIONS, *COLLECTIVES = cpu_backend.SETTINGS
 
@@ -97,3 +97,40 @@ def test_train_and_evaluate_applies_the_settings_itself(tmp_path):
     assert "RuntimeWarning" not in done.stderr
     recorded = json.loads((tmp_path / "run_info.json").read_text())["xla_flags"]
     assert recorded.split() == list(cpu_backend.SETTINGS)
+
+
+# Prints the compiled program of a convolution's forward and gradients: as compiled by default, and with the
+# per-compilation options (metadata and the module's name dropped: they carry nothing of the program).
+_PROGRAMS = """
+import json, jax, jax.numpy as jnp
+from jax import lax
+from experiments.common import cpu_backend
+
+def loss(x, w):
+    y = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(y) @ jnp.ones((64, 8)))
+
+x, w = jnp.ones((8, 16, 16, 64)), jnp.ones((3, 3, 64, 64))
+lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w)
+def program(options):
+    text = lowered.compile(compiler_options=options).as_text()
+    return [line for line in text.splitlines() if "metadata" not in line and not line.startswith("HloModule")]
+print(json.dumps({"default": program(None), "options": program(cpu_backend.XLA_CONVOLUTIONS_OPTIONS)}))
+"""
+
+
+def _programs(xla_flags: str) -> dict:
+    env = {**cli_env(1), "XLA_FLAGS": xla_flags}
+    done = subprocess.run([sys.executable, "-c", _PROGRAMS], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_per_compilation_options_give_the_flags_program():
+    """XLA_CONVOLUTIONS_OPTIONS, with no flag set, compiles what XLA_CONVOLUTIONS compiles, to the byte; and
+    the choice is real on this jaxlib (without either, the convolutions go elsewhere)."""
+    flagged = _programs(CONVOLUTIONS)["default"]
+    unflagged = _programs("")
+    assert unflagged["options"] == flagged
+    assert unflagged["default"] != flagged
