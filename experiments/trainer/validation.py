@@ -138,6 +138,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     Runs before any data is read or any array is made; see the module docstring for what is left to later.
     """
     for field, names in _choices().items():
+        # With init_from, `model` names the checkpoint's architecture in its source's terms (a timm name, or
+        # nothing for BiT): the loader checks it, and says what it knows.
+        if field == "model" and config.init_from:
+            continue
         if config[field] not in names:
             raise unknown(field, config[field], names)
     _check_batch_split(config, num_devices)

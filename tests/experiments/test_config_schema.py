@@ -144,6 +144,18 @@ def test_each_mistake_is_one_config_error(overrides, devices, message):
     assert "\n" not in text
 
 
+def test_with_init_from_the_model_is_the_checkpoints_name(tmp_path):
+    """timm's names (and BiT's none) are not the trainer's models: the loader judges them, not validate."""
+    checkpoint = tmp_path / "weights.npz"
+    checkpoint.write_bytes(b"")
+    validation.validate(
+        tiny_config(init_from=str(checkpoint), init_from_format="timm", model="resnetv2_50x1_bit"),
+        1,
+    )
+    with pytest.raises(ConfigError, match="unknown model 'resnetv2_50x1_bit'"):
+        validation.validate(tiny_config(model="resnetv2_50x1_bit"), 1)
+
+
 def test_a_mistake_stops_the_run_before_any_data_is_read(tmp_path, monkeypatch):
     from experiments import train
     from experiments.trainer.input import choice, data
