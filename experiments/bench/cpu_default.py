@@ -45,9 +45,9 @@ VARIANTS = {"default": None, "xla_convolutions": cpu_backend.XLA_CONVOLUTIONS_OP
 def env_without_flag(environ: dict[str, str] | None = None) -> dict[str, str]:
     """``environ`` (default: this process's) with the experiments' convolution flag taken out of XLA_FLAGS."""
     env = dict(os.environ if environ is None else environ)
-    flag = cpu_backend.XLA_CONVOLUTIONS.split("=", 1)[0]
+    flag = cpu_backend.flag_name(cpu_backend.XLA_CONVOLUTIONS)
     env["XLA_FLAGS"] = " ".join(
-        f for f in env.get("XLA_FLAGS", "").split() if f.split("=", 1)[0] != flag
+        f for f in env.get("XLA_FLAGS", "").split() if cpu_backend.flag_name(f) != flag
     )
     env["JAX_PLATFORMS"] = "cpu"
     return env
@@ -108,7 +108,8 @@ def measure_here(batch: int, repeats: int, calls: int) -> dict[str, Any]:
     from experiments.bench import timing
 
     flags = os.environ.get("XLA_FLAGS", "")
-    if cpu_backend.XLA_CONVOLUTIONS.split("=", 1)[0] in flags or jax.default_backend() != "cpu":
+    has_flag = env_without_flag()["XLA_FLAGS"].split() != flags.split()
+    if has_flag or jax.default_backend() != "cpu":
         raise SystemExit(
             "error: this measures XLA:CPU without the experiments' convolution flag; run it through "
             "`python -m experiments.bench.cpu_default` (which starts it so)."

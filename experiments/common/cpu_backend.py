@@ -43,7 +43,8 @@ SETTINGS = (XLA_CONVOLUTIONS, *PATIENT_COLLECTIVES)
 _warned = False
 
 
-def _flag_name(flag: str) -> str:
+def flag_name(flag: str) -> str:
+    """``--xla_foo=1`` -> ``--xla_foo``: the name a setting is known by, whatever its value."""
     return flag.split("=", 1)[0]
 
 
@@ -59,8 +60,8 @@ def with_cpu_settings(xla_flags: str, platform: str | None) -> str:
     """
     if platform != "cpu":
         return xla_flags
-    present = {_flag_name(f) for f in xla_flags.split()}
-    missing = [s for s in SETTINGS if _flag_name(s) not in present]
+    present = {flag_name(f) for f in xla_flags.split()}
+    missing = [s for s in SETTINGS if flag_name(s) not in present]
     return " ".join([xla_flags, *missing]).strip()
 
 
