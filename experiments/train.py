@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import pathlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from experiments.common import cpu_backend
 from experiments.common.errors import ConfigError
-from experiments.trainer import model_factory, optim, placement, steps
+from experiments.trainer import model_factory, optim, placement, population, steps
 from experiments.trainer.checkpoints import (
     CheckpointMismatchError,
     Checkpoints,
@@ -99,6 +99,8 @@ class Training:
     total_steps: int
     eval_per_replica: int
     step_config: steps.StepConfig
+    # (params, batch_stats) -> (BN's re-estimated population statistics, images used); None: not asked for.
+    reestimate: Callable | None = None
 
     def train_step(self):
         return steps.make_train_step(self.mesh, self.step_config)
@@ -189,6 +191,19 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
         replicas_per_device=where.replicas_per_device,
         streamed=streamed,
     )
+    reestimate = None
+    if population.applies(config):
+        if dataset is None:  # input_pipeline="auto" chose streaming
+            raise ConfigError(population.NEEDS_MEMORY)
+        reestimate = population.make_reestimate(
+            mesh,
+            population.statistics_model(config, num_classes),
+            dataset.train.images,
+            config.reestimate_bn_images,
+            eval_per_replica,
+            step_config.mean,
+            step_config.std,
+        )
     return Training(
         mesh=mesh,
         dataset=dataset,
@@ -199,6 +214,7 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
         total_steps=total_steps,
         eval_per_replica=eval_per_replica,
         step_config=step_config,
+        reestimate=reestimate,
     )
 
 
@@ -243,6 +259,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
         train_step=training.train_step(),
         eval_step=training.eval_step(),
         eval_per_replica=training.eval_per_replica,
+        reestimate=training.reestimate,
         log_every=max(1, config.log_every_steps),
         eval_every=_every(config.eval_every_steps, steps_per_epoch),
         checkpoint_every=_every(config.checkpoint_every_steps, steps_per_epoch),

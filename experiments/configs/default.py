@@ -104,6 +104,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = -1  # <= 0: at the end of every epoch
     config.checkpoint_every_steps = -1  # <= 0: at the end of every epoch
     config.keep_checkpoints = 3
+    # > 0 (BN only, memory pipeline): after training, also evaluate with BN's statistics re-estimated over about
+    # this many training images ("precise BN", experiments/trainer/population.py), reported beside the final
+    # accuracy: a train/test mismatch of the running averages shows as the gap. Other norms ignore it.
+    config.reestimate_bn_images = 0
     config.progress_bar = True
     # > 0: a jax.profiler trace of this many training steps, from the run's (or resumed segment's) second step
     # (the first compiles), written to WORKDIR/profile/ (TensorBoard's profile plugin or Perfetto open it).

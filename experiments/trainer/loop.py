@@ -170,6 +170,7 @@ class Run:
     train_step: Callable
     eval_step: Callable
     eval_per_replica: int
+    reestimate: Callable | None  # see experiments/trainer/population.py
     log_every: int
     eval_every: int
     checkpoint_every: int
@@ -257,9 +258,23 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
     finally:
         if progress is not None:
             progress.close()
-    run.run_info.update(
-        run.total_steps, final_step=run.total_steps, final_test_accuracy=test_metrics["accuracy"]
-    )
+    final = {"final_test_accuracy": test_metrics["accuracy"]}
+    if run.reestimate is not None:
+        final.update(_with_population_statistics(run, state))
+    run.run_info.update(run.total_steps, final_step=run.total_steps, **final)
     if run.is_main:
         print(f"final test accuracy: {test_metrics['accuracy']:.4f}")
-    return {"step": run.total_steps, **test_metrics}
+        if "final_test_accuracy_population" in final:
+            print(f"with BN's population statistics: {final['final_test_accuracy_population']:.4f}")
+    return {"step": run.total_steps, **test_metrics, **final}
+
+
+def _with_population_statistics(run: Run, state) -> dict[str, float]:
+    """The final state evaluated with re-estimated BN statistics (``population.py``); the state is not changed."""
+    assert run.reestimate is not None
+    stats, images = run.reestimate(state.params, state.batch_stats)
+    metrics = evaluate_batches(
+        run.eval_step, state.replace(batch_stats=stats), run.input.eval_batches()
+    )
+    run.writer.write(run.total_steps, "test_population", {**metrics, "images": images})
+    return {"final_test_accuracy_population": metrics["accuracy"], "population_images": images}

@@ -18,7 +18,7 @@ import ml_collections
 
 import wsjax
 from experiments.common.errors import ConfigError, unknown
-from experiments.trainer import model_factory, optim, steps
+from experiments.trainer import model_factory, optim, population, steps
 from experiments.trainer.input import choice
 from wsjax.models import NORMS
 
@@ -109,6 +109,8 @@ def _check_input(config: ml_collections.ConfigDict) -> None:
                 "augmentation='inception' needs input_pipeline='stream' or 'auto' (the memory path "
                 "crops and flips on the device at the native size)."
             )
+    if config.reestimate_bn_images > 0 and config.input_pipeline == "stream":
+        raise ConfigError(population.NEEDS_MEMORY)
     for field in ("input_workers", "input_threads", "crop_padding", "image_size"):
         _positive_int(config, field, minimum=0)
     _positive_int(config, "prefetch")
@@ -151,5 +153,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _positive_int(config, "num_groups")
     _positive_int(config, "keep_checkpoints")
     _positive_int(config, "profile_steps", minimum=0)
+    _positive_int(config, "reestimate_bn_images", minimum=0)
     if not 0 <= config.seed < 2**32:
         raise ConfigError(f"seed must be in [0, 2**32), got {config.seed}.")

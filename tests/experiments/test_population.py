@@ -1,0 +1,113 @@
+"""BN's population statistics re-estimated after training (experiments/trainer/population.py)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from experiments import train
+from experiments.common.errors import ConfigError
+from experiments.common.mesh import AXIS
+from experiments.trainer import population
+from experiments.trainer.validation import validate
+from tests.helpers import tiny_config
+
+MEAN, STD = (0.5,), (0.25,)
+
+
+def _conv3x3_numpy(x, kernel, bias):
+    """``(N, H, W, C) * (3, 3, C, F)`` with padding 1, from the definition, in float64."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
+    return np.einsum("nhwcij,ijcf->nhwf", windows, kernel) + bias
+
+
+def _setup(replicas=2, per_replica=40, seed=0):
+    config = tiny_config(norm="bn", conv="plain", reestimate_bn_images=10_000)
+    model = population.statistics_model(config, num_classes=10)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (replicas, per_replica, 8, 8, 3), dtype=np.uint8)
+    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 3)), train=False)
+    mesh = Mesh(np.array(jax.devices()[:1]), (AXIS,))
+    return model, variables, jnp.asarray(images), mesh
+
+
+def test_first_layer_equals_the_mean_and_variance_over_every_image_used():
+    """Two replicas × four batches of 10: the combined moments are those of all 80 images' positions."""
+    model, variables, images, mesh = _setup()
+    reestimate = population.make_reestimate(mesh, model, images, 80, 10, MEAN, STD)
+    stats, used = reestimate(variables["params"], variables["batch_stats"])
+    assert used == 80
+    x = (np.asarray(images, np.float64).reshape(80, 8, 8, 3) / 255 - MEAN[0]) / STD[0]
+    conv = variables["params"]["conv1_1"]
+    y = _conv3x3_numpy(x, np.asarray(conv["kernel"], np.float64), np.asarray(conv["bias"]))
+    np.testing.assert_allclose(
+        stats["norm1_1"]["mean"], y.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(stats["norm1_1"]["var"], y.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_uses_whole_batches_of_the_images_asked_for_and_ignores_the_old_statistics():
+    model, variables, images, mesh = _setup()
+    params, stats = variables["params"], variables["batch_stats"]
+    # 30 asked, 2 replicas × batches of 10: two batches each (rounded up to whole batches), 40 images.
+    reestimate = population.make_reestimate(mesh, model, images, 30, 10, MEAN, STD)
+    good, used = reestimate(params, stats)
+    assert used == 40
+    poisoned = jax.tree.map(lambda a: a + 5.0, stats)  # running averages far off: they play no part
+    again, _ = reestimate(params, poisoned)
+    jax.tree.map(np.testing.assert_array_equal, good, again)
+    # More images than the split holds: all of it.
+    assert (
+        population.make_reestimate(mesh, model, images, 10**6, 10, MEAN, STD)(params, stats)[1]
+        == 80
+    )
+
+
+def test_constant_channel_gets_zero_variance_not_a_negative_one():
+    model, variables, _, mesh = _setup()
+    flat = jnp.full((2, 40, 8, 8, 3), 77, jnp.uint8)  # every position alike: every variance is 0
+    stats, _ = population.make_reestimate(mesh, model, flat, 80, 10, MEAN, STD)(
+        variables["params"], variables["batch_stats"]
+    )
+    assert all(float(jnp.min(layer["var"])) >= 0.0 for layer in stats.values())
+
+
+@pytest.mark.parametrize("replicas_per_device", [1, 4])
+def test_a_bn_run_reports_both_accuracies_and_keeps_its_state(tmp_path, replicas_per_device):
+    """The final evaluation with re-estimated statistics is an extra: the run's own is unchanged (8 devices,
+    then 32 replicas of one image each)."""
+    common = dict(
+        norm="bn", conv="plain", replicas_per_device=replicas_per_device, global_batch_size=32
+    )
+    plain = train.train_and_evaluate(tiny_config(**common), str(tmp_path / "plain"))
+    both = train.train_and_evaluate(
+        tiny_config(**common, reestimate_bn_images=64), str(tmp_path / "both")
+    )
+    assert both["accuracy"] == plain["accuracy"] and both["loss"] == plain["loss"]
+    info = json.loads((tmp_path / "both" / "run_info.json").read_text())
+    assert info["final_test_accuracy"] == plain["accuracy"]
+    assert 0.0 <= info["final_test_accuracy_population"] <= 1.0 and info["population_images"] >= 64
+    records = [json.loads(line) for line in (tmp_path / "both" / "metrics.jsonl").open()]
+    row = [r for r in records if r["split"] == "test_population"]
+    assert len(row) == 1 and row[0]["accuracy"] == info["final_test_accuracy_population"]
+
+
+def test_other_norms_ignore_it(tmp_path):
+    train.train_and_evaluate(tiny_config(norm="gn", reestimate_bn_images=64), str(tmp_path))
+    assert "final_test_accuracy_population" not in json.loads(
+        (tmp_path / "run_info.json").read_text()
+    )
+
+
+def test_a_negative_count_is_a_config_error():
+    with pytest.raises(ConfigError, match="reestimate_bn_images"):
+        validate(tiny_config(norm="bn", reestimate_bn_images=-1), 8)
+
+
+def test_streaming_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="input_pipeline='memory'"):
+        validate(tiny_config(norm="bn", reestimate_bn_images=64, input_pipeline="stream"), 8)
