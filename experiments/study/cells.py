@@ -1,7 +1,7 @@
 """How the micro-batch sweep trains one cell: in a child process (the default) or in this one.
 
-A cell is ``python -m experiments.train --config=configs/microbatch.py --workdir=CELL`` with the cell's
-``--config.FIELD=VALUE`` flags (``microbatch.Cell.overrides``). ``run_subprocess`` starts that child, which
+A cell is ``python -m experiments.train --config=CONFIG --workdir=CELL`` (``CONFIG`` the study's config,
+``configs/microbatch.py`` unless the sweep names another) with the cell's ``--config.FIELD=VALUE`` flags (``microbatch.Cell.overrides``). ``run_subprocess`` starts that child, which
 inherits the cell's claim so that the lock lasts as long as the training; ``InProcess`` calls
 ``train_and_evaluate`` instead, with one persistent compilation cache for every cell. Nothing here starts JAX
 except ``InProcess`` (and ``probe_device_count``'s child).
@@ -15,7 +15,8 @@ import subprocess
 import sys
 from typing import IO
 
-CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "microbatch.py"
+CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "microbatch.py"  # the CPU study
+DEEP_CONFIG = CONFIG.with_name("microbatch_deep.py")  # the accelerator's: VGG16, SGD, five seeds
 REPO = CONFIG.parents[2]
 
 
@@ -43,7 +44,11 @@ def probe_device_count() -> int:
 
 
 def run_subprocess(
-    workdir: pathlib.Path, flags: list[str], log: pathlib.Path, claim: IO[str] | None = None
+    workdir: pathlib.Path,
+    flags: list[str],
+    log: pathlib.Path,
+    claim: IO[str] | None = None,
+    config: pathlib.Path = CONFIG,
 ) -> str | None:
     """Trains one cell in a child process; returns why it failed, or None.
 
@@ -54,7 +59,7 @@ def run_subprocess(
         sys.executable,
         "-m",
         "experiments.train",
-        f"--config={CONFIG}",
+        f"--config={config}",
         f"--workdir={workdir}",
         *flags,
     ]
@@ -69,27 +74,27 @@ def run_subprocess(
     return f"exit {result.returncode}; see {log}" if result.returncode else None
 
 
-def cell_config(flags: list[str]):
-    """``configs/microbatch.py`` with ``--config.FIELD=VALUE`` flags applied, parsed as ``train.py`` does."""
+def cell_config(flags: list[str], config: pathlib.Path = CONFIG):
+    """The study's ``config`` file with ``--config.FIELD=VALUE`` flags applied, parsed as ``train.py`` does."""
     from absl import flags as absl_flags
     from ml_collections import config_flags
 
-    argv = ["microbatch", f"--config={CONFIG}", *flags]
+    argv = ["microbatch", f"--config={config}", *flags]
     values = absl_flags.FlagValues()
     # The override flags are defined from sys_argv: pass ours, not this process's command line.
     config_flags.DEFINE_config_file(
-        "config", str(CONFIG), flag_values=values, lock_config=True, sys_argv=argv
+        "config", str(config), flag_values=values, lock_config=True, sys_argv=argv
     )
     values(argv)
     return values.config
 
 
-def check_flags(flags: list[str]) -> None:
-    """A bad ``--extra`` stops the sweep here, with one line, not in every cell."""
+def check_flags(flags: list[str], config: pathlib.Path = CONFIG) -> None:
+    """A bad ``--extra`` (or config file) stops the sweep here, with one line, not in every cell."""
     from absl import flags as absl_flags
 
     try:
-        cell_config(flags)
+        cell_config(flags, config)
     except (absl_flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"bad config flag(s) in {flags}: {e}") from None
 
@@ -108,12 +113,14 @@ class InProcess:
         self.jax = jax
         self.devices = jax.device_count()
 
-    def __call__(self, workdir: pathlib.Path, flags: list[str]) -> str | None:
+    def __call__(
+        self, workdir: pathlib.Path, flags: list[str], config: pathlib.Path = CONFIG
+    ) -> str | None:
         """Trains one cell; returns why it failed, or None."""
         from experiments import train
 
         try:
-            train.train_and_evaluate(cell_config(flags), str(workdir))
+            train.train_and_evaluate(cell_config(flags, config), str(workdir))
         except train.USER_ERRORS as e:  # e.g. a NaN: the other cells can still run
             return f"{type(e).__name__}: {e}"
         finally:
@@ -122,12 +129,16 @@ class InProcess:
 
 
 def train_cell(
-    workdir: pathlib.Path, flags: list[str], runner: InProcess | None, claim: IO[str]
+    workdir: pathlib.Path,
+    flags: list[str],
+    runner: InProcess | None,
+    claim: IO[str],
+    config: pathlib.Path = CONFIG,
 ) -> str | None:
     """Trains the cell in ``workdir`` with ``runner``, or else in a subprocess that logs to
     ``SWEEP/logs/CELL.log``; returns why it failed, or None."""
     if runner:
-        return runner(workdir, flags)
+        return runner(workdir, flags, config)
     log = workdir.parent / "logs" / f"{workdir.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    return run_subprocess(workdir, flags, log, claim)
+    return run_subprocess(workdir, flags, log, claim, config)

@@ -45,7 +45,9 @@ from collections.abc import Sequence
 
 from experiments.common.filelock import try_lock
 from experiments.study.cells import (
+    CONFIG,
     InProcess,
+    cell_config,
     check_flags,
     is_finished,
     probe_device_count,
@@ -123,10 +125,10 @@ def check_design(batches: Sequence[int], global_batch: int, devices: int) -> Non
             )
 
 
-def default_global_batch() -> int:
-    from experiments.configs import microbatch as study_config  # ml_collections only, no JAX
-
-    return study_config.get_config().global_batch_size
+def default_global_batch(config: str | pathlib.Path = CONFIG) -> int:
+    return int(
+        cell_config([], pathlib.Path(config)).global_batch_size
+    )  # ml_collections only, no JAX
 
 
 def run(
@@ -140,6 +142,7 @@ def run(
     in_process: bool = False,
     devices: int = 0,
     time_limit_s: float | None = None,
+    config: str | pathlib.Path = CONFIG,
 ) -> None:
     """Trains every unfinished cell of the grid in ``sweep_dir/<cell name>/`` (see ``grid`` for the args).
 
@@ -152,18 +155,21 @@ def run(
         being expected to take as long as the longest this run has trained (None: no limit; the first cell,
         with nothing to go by, always starts). A sitting that must end by a given time stops between cells
         instead of in one.
+      config: the study's config file, which every cell trains with its own overrides
+        (``configs/microbatch.py``, the CPU study; ``configs/microbatch_deep.py``, the accelerator's).
     """
     from tqdm.auto import tqdm
 
     started = time.monotonic()
-    global_batch = global_batch or default_global_batch()
+    config = pathlib.Path(config)
+    global_batch = global_batch or default_global_batch(config)
     sweep_dir = pathlib.Path(sweep_dir)
     cells = grid(normalizations, batches, seeds, batch_free_batches)
     runner = InProcess(sweep_dir / "compile_cache") if in_process else None
     devices = devices or (runner.devices if runner else probe_device_count())
     check_design(batches, global_batch, devices)
     if cells:
-        check_flags([*cells[0].overrides(global_batch, devices), *extra])
+        check_flags([*cells[0].overrides(global_batch, devices), *extra], config)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not is_finished(sweep_dir / c.name)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished", file=sys.stderr)
@@ -195,7 +201,7 @@ def run(
                     continue
                 cell_started = time.monotonic()
                 flags = [*cell.overrides(global_batch, devices), *extra]
-                why = train_cell(workdir, flags, runner, claim)
+                why = train_cell(workdir, flags, runner, claim, config)
                 longest = max(longest, time.monotonic() - cell_started)
             bar.update()
             streak = streak + 1 if why else 0
@@ -256,6 +262,7 @@ def main(argv: list[str]) -> None:
             FLAGS.in_process,
             FLAGS.devices,
             FLAGS.time_limit_s or None,
+            FLAGS.config,
         )
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -266,6 +273,11 @@ if __name__ == "__main__":
 
     flags.DEFINE_string(
         "workdir", None, "Sweep directory: one sub-directory per cell.", required=True
+    )
+    flags.DEFINE_string(
+        "config",
+        str(CONFIG),
+        "The study's config: configs/microbatch.py (the CPU study) or configs/microbatch_deep.py.",
     )
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
     flags.DEFINE_list("normalizations", list(NORMALIZATIONS), f"Subset of {list(NORMALIZATIONS)}.")

@@ -16,6 +16,8 @@ from experiments.study.grid import BATCH_FREE, NORMALIZATIONS
 from experiments.study.plot import plot
 from experiments.study.stats import SIGNIFICANT_SE, Stat, compare, summarize
 
+POPULATION = "accuracy_population"  # BN cells: evaluated with re-estimated statistics (trainer/population.py)
+
 NAME_BY_SETTING = {setting: name for name, setting in NORMALIZATIONS.items()}
 
 # The paper's figures and its authors' (quoted, with their sources; errors in %, lower is better, unless the
@@ -76,6 +78,7 @@ def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
                 "data_order": saved.get("data_order", "replica"),
                 "seed": saved["seed"],
                 "accuracy": info["final_test_accuracy"],
+                POPULATION: info.get("final_test_accuracy_population"),
                 "steps": info["final_step"],
                 "wall_time_s": info["train_wall_time_s"],
                 "commit": info["commit"],
@@ -92,8 +95,18 @@ def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
 
 
 def _vs(a: Stat, b: Stat) -> str:
-    diff, se, _ = compare(a, b)
-    return f"{a} vs {b} ({diff:+.2f} points, s.e. {se:.2f})"
+    d = compare(a, b)
+    how = f"paired over {d.paired} seeds" if d.paired else "unpaired"
+    return f"{a} vs {b} ({d.diff:+.2f} points, s.e. {d.se:.2f}, {how})"
+
+
+def _at(table: dict[tuple[str, int], Stat], name: str, b: int) -> Stat | None:
+    """``name`` at ``b`` images per device; a batch-free normalization at whichever b it ran (the same
+    training at every b), the largest if several."""
+    if (name, b) in table or name not in BATCH_FREE:
+        return table.get((name, b))
+    runs = sorted(k[1] for k in table if k[0] == name)
+    return table[(name, runs[-1])] if runs else None
 
 
 def design_check(cells: list[dict]) -> str:
@@ -142,6 +155,11 @@ def markdown_table(cells: list[dict]) -> str:
             for b in batches
         ]
         lines.append(f"| {n} | " + " | ".join(row) + " |")
+    population = summarize(cells, POPULATION)
+    for n in [n for n in NORMALIZATIONS if any(k[0] == n for k in population)]:
+        row = [str(population[(n, b)]).rstrip("%") + f" ({population[(n, b)].n})"
+               if (n, b) in population else "—" for b in batches]  # fmt: skip
+        lines.append(f"| {n}, population statistics | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -164,7 +182,7 @@ def claims(cells: list[dict]) -> list[str]:
     # (1) BN degrades at 1-2 images per device.
     rows = [(b, table[("BN", b)]) for b in micro if ("BN", b) in table]
     if ref and rows:
-        outcomes = [compare(s, ref)[2] for _, s in rows]
+        outcomes = [compare(s, ref).verdict for _, s in rows]
         detail = "; ".join(f"at {b}/device {_vs(s, ref)}" for b, s in rows)
         out.append(
             f"1. *BN degrades at 1-2 images per device* (vs BN at {ref_b}/device): {detail}. "
@@ -178,9 +196,9 @@ def claims(cells: list[dict]) -> list[str]:
     # (2) WS improves GN and BN (and BCN, an extra).
     parts, outcomes = [], []
     for base in ("BN", "GN", "BCN"):
-        pairs = [(b, table[(base + "+WS", b)], table[(base, b)]) for b in batches
-                 if (base, b) in table and (base + "+WS", b) in table]  # fmt: skip
-        outcomes += [compare(ws, plain)[2] for _, ws, plain in pairs]
+        pairs = [(b, ws, plain) for b in batches
+                 if (plain := table.get((base, b))) and (ws := _at(table, base + "+WS", b))]  # fmt: skip
+        outcomes += [compare(ws, plain).verdict for _, ws, plain in pairs]
         if pairs:
             parts.append(
                 f"{base}+WS vs {base}: "
@@ -201,23 +219,25 @@ def claims(cells: list[dict]) -> list[str]:
     # (3) BCN+WS at micro-batch matches or beats large-batch BN, and beats GN+WS.
     rows = [(b, table[("BCN+WS", b)]) for b in micro if ("BCN+WS", b) in table]
     if ref and rows:
-        vs_bn = [compare(s, ref)[2] for _, s in rows]
+        vs_bn = [compare(s, ref).verdict for _, s in rows]
         text = "; ".join(f"at {b}/device {_vs(s, ref)}" for b, s in rows)
         statement = (
             f"3. *BCN+WS at micro-batch matches or beats BN at {ref_b}/device*: {text}. "
             + _verdict(vs_bn, ("higher", "level"))
         )
-        gn = [(b, s, table[("GN+WS", b)]) for b, s in rows if ("GN+WS", b) in table]
+        gn = [(b, s, g) for b, s in rows if (g := _at(table, "GN+WS", b)) is not None]
         if gn:
             statement += (
                 " *…and beats GN+WS*: "
                 + "; ".join(f"at {b}/device {_vs(s, g)}" for b, s, g in gn)
                 + ". "
-                + _verdict([compare(s, g)[2] for _, s, g in gn], ("higher",))
+                + _verdict([compare(s, g).verdict for _, s, g in gn], ("higher",))
             )
         out.append(statement)
     else:
         out.append("3. *BCN+WS at micro-batch matches large-batch BN*: not measured.")
+
+    out += _population_claim(cells, micro, ref_b)
 
     # The batch-free normalizations train the same network at every b: their spread across b is rounding.
     for n in sorted(BATCH_FREE & {k[0] for k in table}):
@@ -226,6 +246,32 @@ def claims(cells: list[dict]) -> list[str]:
             out.append(
                 f"- Control: {n} uses no batch statistics, so its {runs[0][0]}/device and {runs[-1][0]}/device "
                 f"cells train the same network up to float rounding: {_vs(runs[0][1], runs[-1][1])}."
+            )
+    return out
+
+
+def _population_claim(cells: list[dict], micro: list[int], ref_b: int) -> list[str]:
+    """Whether micro-batch BN's loss is a train/test mismatch of its running averages or damage to training:
+    the same cells evaluated with re-estimated population statistics."""
+    table, population = summarize(cells), summarize(cells, POPULATION)
+    out = []
+    for name in ("BN", "BN+WS"):
+        ref = population.get((name, ref_b))
+        for b in micro:
+            running, fixed = table.get((name, b)), population.get((name, b))
+            if running is None or fixed is None or ref is None:
+                continue
+            recovered, left = compare(fixed, running), compare(fixed, ref)
+            if left.verdict == "level":
+                why = "a train/test mismatch: with population statistics it is level with the reference"
+            elif recovered.verdict == "higher":
+                why = "partly a mismatch, partly damage to training: population statistics recover some of it"
+            else:
+                why = "damage to training: population statistics do not recover it"
+            out.append(
+                f"4. *{name} at {b}/device, mismatch or damage?* Population statistics vs its running "
+                f"averages: {_vs(fixed, running)}; vs {name} at {ref_b}/device (population statistics too): "
+                f"{_vs(fixed, ref)}. **{why}**."
             )
     return out
 
@@ -288,8 +334,8 @@ def write_report(sweep_dir: str | pathlib.Path, out_dir: str | pathlib.Path) -> 
         "",
         markdown_table(cells),
         "",
-        f"## The paper's claims, checked (two means differ when more than {SIGNIFICANT_SE:g} standard errors "
-        "apart)",
+        f"## The paper's claims, checked (two settings differ when their difference, paired over the seeds "
+        f"both ran, is more than {SIGNIFICANT_SE:g} standard errors from zero)",
         "",
         *claims(cells),
         "",

@@ -89,21 +89,35 @@ def test_tiny_mode_runs_every_part(tmp_path):
 @pytest.mark.slow
 def test_tiny_optional_parts_and_the_study_cells_records(tmp_path):
     """The parts outside the default call: `imagenet` measures its two steps; `study` brings back its cells'
-    records, which the report reads."""
+    records (the accelerator's config, BN also with population statistics), which the report pairs by seed."""
     from experiments.study import report
 
     _, results = _tiny_suite(tmp_path, f"--parts={','.join(runner.OPTIONAL_PARTS)}")
     assert all(p["status"] == "ok" for p in results["parts"].values())
     steps = results["parts"]["imagenet"]["results"]["steps"]
     assert [(s["normalization"], s["replicas"]) for s in steps] == [("GN+WS", 1), ("BCN+WS", 8)]
-    assert [c["name"] for c in results["parts"]["study"]["results"]["cells"]] == [
-        "bn_b1_s0", "bn_b32_s0", "gn_ws_b1_s0", "gn_ws_b32_s0"
-    ]  # fmt: skip
+    study = results["parts"]["study"]["results"]
+    assert [c["name"] for c in study["cells"]] == [
+        "bn_b1_s0",
+        "bn_b1_s1",
+        "bn_b32_s0",
+        "bn_b32_s1",
+        "gn_ws_b32_s0",
+        "gn_ws_b32_s1",
+    ]  # fmt: skip (by name)
+    assert study["grid"]["config"] == "experiments/configs/microbatch_deep.py"
     names = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()]
     assert not any("checkpoints" in n or "compile_cache" in n for n in names), names
     cells = report.collect(tmp_path / "study" / "runs")
-    assert len(cells) == 4 and {c["steps"] for c in cells} == {4}
-    assert "4 cells finished (seeds 0)" in (tmp_path / "table.md").read_text()
+    assert len(cells) == 6 and {c["steps"] for c in cells} == {4}
+    assert {c["optimizer"] for c in cells} == {"momentum 0.02 steps"}
+    has_population = {c["name"][:-3]: c["accuracy_population"] is not None for c in cells}
+    assert has_population == {"bn_b1": True, "bn_b32": True, "gn_ws_b32": False}
+    assert "6 cells finished (seeds 0, 1)" in (tmp_path / "table.md").read_text()
+    text = (
+        report.write_report(tmp_path / "study" / "runs", tmp_path / "report") / "results.md"
+    ).read_text()
+    assert "paired over 2 seeds" in text and "4. *BN at 1/device, mismatch or damage?*" in text
 
 
 @pytest.mark.slow

@@ -135,7 +135,9 @@ def finish(workdir):  # what a finished cell leaves: its final accuracy in run_i
 def test_a_failed_cell_does_not_stop_the_sweep_but_a_broken_setup_does(tmp_path, monkeypatch):
     trained = []
 
-    def fake_cell(workdir, flags, log, claim=None):  # "trains" a cell, or fails like a diverged run
+    def fake_cell(
+        workdir, flags, log, claim=None, config=None
+    ):  # "trains" a cell, or fails like a diverged run
         trained.append(workdir.name)
         if workdir.name in failing:
             return "exit 1"
@@ -162,7 +164,7 @@ def test_workers_share_a_sweep_through_each_cells_claim(tmp_path, monkeypatch, c
     sweep = tmp_path / "sweep"
     trained = []
 
-    def fake_cell(workdir, flags, log, claim=None):
+    def fake_cell(workdir, flags, log, claim=None, config=None):
         trained.append(workdir.name)
         if (
             workdir.name == "bn_b1_s0"
@@ -188,7 +190,7 @@ def test_workers_share_a_sweep_through_each_cells_claim(tmp_path, monkeypatch, c
 def test_a_cell_whose_worker_dies_gets_a_second_look(tmp_path, monkeypatch, capsys):
     trained = []
 
-    def fake_cell(workdir, flags, log, claim):
+    def fake_cell(workdir, flags, log, claim, config=None):
         trained.append(workdir.name)
         if workdir.name == "bn_b2_s0":
             other_worker.close()  # meanwhile the worker that held b1 dies
@@ -235,7 +237,7 @@ def test_a_time_limit_starts_no_cell_expected_to_overrun(tmp_path, monkeypatch, 
     now = [100.0]  # a fake clock: each cell "takes" 10 s
     trained = []
 
-    def fake_cell(workdir, flags, log, claim=None):
+    def fake_cell(workdir, flags, log, claim=None, config=None):
         trained.append(workdir.name)
         now[0] += 10
         finish(workdir)

@@ -198,7 +198,7 @@ def _imagenet(r: dict) -> list[tuple[str, str, str]]:
 
 def _study(r: dict) -> list[tuple[str, str, str]]:
     cells = _part(r, "study")["cells"]
-    label = "micro-batch study's grid on the device (configs/microbatch.py, one process)"
+    label = "micro-batch study's grid on the device (configs/microbatch_deep.py, one process)"
     if not cells:
         return [(label, "no cell finished", "")]
     seconds = sorted(c["wall_time_s"] for c in cells)

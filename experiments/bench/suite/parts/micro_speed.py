@@ -2,9 +2,10 @@
 
 For each normalization of the study (``experiments/study/microbatch.py``), the study's model
 (``configs/microbatch.py``: a 6-conv VGG on 28x28x1; Adam, as ``bench.cases.train_step`` times every step) with ``replicas_per_device=8`` and one image per
-replica: training steps per second. After the first, the study's own cells, BN with its global batch as
-32 replicas x 1 image and as 1 x 32: steps per second and the seconds of training one cell takes (its
-``num_epochs`` of Fashion-MNIST's 60,000 images), which size the ``study`` part. Then the paper's own
+replica: training steps per second. After the first, the accelerator study's own cells
+(``configs/microbatch_deep.py``: VGG16, SGD), BN with its global batch as 32 replicas x 1 image and as 1 x 32:
+steps per second and the seconds of training one cell takes (its ``num_epochs`` of Fashion-MNIST's 60,000
+images), which size the ``study`` part. Then the paper's own
 setting, VGG16 WS+BCN on 32x32x3, 8 replicas x 1 image, if time is left.
 """
 
@@ -80,13 +81,15 @@ def run(ctx: PartContext) -> None:
 
 
 def _study_cells(ctx: PartContext, repeats: int, calls: int) -> None:
-    """BN's cells at the two ends of the study's range (its config, replicas and steps): seconds per cell."""
-    from experiments.configs import microbatch as microbatch_config
+    """BN's cells at the two ends of the accelerator study's range (its config, replicas and steps): seconds
+    per cell."""
+    from experiments.configs import microbatch_deep
+    from experiments.study.grid import DEEP_PER_DEVICE_BATCHES
 
-    for per_device in (1, 32):
+    for per_device in DEEP_PER_DEVICE_BATCHES:
         if ctx.time_left() < MIN_SECONDS:
             return
-        config = microbatch_config.get_config()
+        config = microbatch_deep.get_config()
         config.update(conv="plain", norm="bn")
         config.replicas_per_device = config.global_batch_size // per_device
         if ctx.tiny:
