@@ -81,7 +81,7 @@ class StepCase:
 def _step_case(setup: Setup, per_device_batch: int, **overrides: Any) -> StepCase:
     config = config_for(setup, **overrides)
     step, state, images, labels = train_step(setup, config, per_device_batch)
-    flops = _flops(step, state, images, labels)
+    flops = step_flops(step, state, images, labels)
     return StepCase(config, stepper(step, state, images, labels), flops)
 
 
@@ -113,7 +113,7 @@ def _step_result(setup: Setup, case: StepCase, per_device_batch: int, timing) ->
     return result
 
 
-def _flops(step, *args) -> float | None:
+def step_flops(step, *args) -> float | None:
     """FLOPs of one compiled step, from XLA's cost analysis (None where the backend gives none)."""
     analysis = step.lower(*args).compile().cost_analysis()
     if isinstance(analysis, list):

@@ -16,6 +16,7 @@ NORMALIZATIONS = {
 # split over replicas cannot change the training (WS acts on weights only).
 BATCH_FREE = frozenset({"GN", "GN+WS", "none"})
 PER_DEVICE_BATCHES = (1, 2, 4, 8, 32)
+TRAIN_EXAMPLES = 60_000  # the study's dataset, Fashion-MNIST: its training split (an epoch)
 
 # The accelerator's study (configs/microbatch_deep.py, the suite's `study` part): the paper's three claims and
 # the floor, at the ends of the batch range, with seeds enough for paired differences. The batch-free

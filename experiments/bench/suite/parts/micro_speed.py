@@ -16,7 +16,6 @@ from typing import Any
 from experiments.bench.suite.context import PartContext
 
 REPLICAS = 8
-TRAIN_EXAMPLES = 60_000  # Fashion-MNIST's training split: the study's epochs
 MIN_SECONDS = 8
 ORDER = [
     "BCN+WS",
@@ -84,7 +83,7 @@ def _study_cells(ctx: PartContext, repeats: int, calls: int) -> None:
     """BN's cells at the two ends of the accelerator study's range (its config, replicas and steps): seconds
     per cell."""
     from experiments.configs import microbatch_deep
-    from experiments.study.grid import DEEP_PER_DEVICE_BATCHES
+    from experiments.study.grid import DEEP_PER_DEVICE_BATCHES, TRAIN_EXAMPLES
 
     for per_device in DEEP_PER_DEVICE_BATCHES:
         if ctx.time_left() < MIN_SECONDS:
