@@ -118,6 +118,10 @@ def test_tiny_optional_parts_and_the_study_cells_records(tmp_path):
         report.write_report(tmp_path / "study" / "runs", tmp_path / "report") / "results.md"
     ).read_text()
     assert "paired over 2 seeds" in text and "4. *BN at 1/device, mismatch or damage?*" in text
+    # A second call into the same folder goes on with the study: nothing left to train.
+    _, again = _tiny_suite(tmp_path, "--parts=study")
+    assert len(again["parts"]["study"]["results"]["cells"]) == 6
+    assert "6 of 6 cells already finished" in (tmp_path / "logs" / "study.log").read_text()
 
 
 @pytest.mark.slow

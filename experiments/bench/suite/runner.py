@@ -14,7 +14,8 @@ What it writes to ``DIR``: ``table.md`` (each figure beside its goal, also print
 (every figure, each part's status and log tail, the machine), ``logs/PART.log`` (each part's output),
 ``profile/`` (the training step's profiler trace and compiled HLO), ``tests/junit.xml`` and, for the study,
 ``study/runs/CELL/`` (each cell's config, metrics and run info: what ``python -m experiments.study.microbatch
-report`` reads).
+report`` reads). A later call with the same ``--out`` (or one holding a copy of an earlier call's ``study/``)
+goes on with the study where it stopped: the finished cells are skipped.
 
 On a machine without network, run ``python -m experiments.bench.suite.prepare`` first where there is one, and
 ``bash experiments/bench/suite/offline.sh --out DIR`` on the offline machine (see ``prepare.py``).
@@ -161,17 +162,22 @@ def _run_part(name: str, args, work: pathlib.Path, env: dict, budget: float, log
     return part
 
 
+def _copy_study_records(source: pathlib.Path, target: pathlib.Path) -> None:
+    """Each study cell's records (``STUDY_RECORDS``) under ``source/study`` to the same place under ``target``."""
+    for path in sorted((source / "study").rglob("*")) if (source / "study").is_dir() else []:
+        if path.is_file() and path.name in STUDY_RECORDS:
+            to = target / path.relative_to(source)
+            to.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, to)
+
+
 def _write_results(out: pathlib.Path, work: pathlib.Path, results: dict, table: str) -> None:
     """The results a reader looks at, from the suite's scratch folder: not the study's checkpoints."""
     out.mkdir(parents=True, exist_ok=True)
     for folder in ("logs", "profile", "tests"):
         if (work / folder).is_dir():
             shutil.copytree(work / folder, out / folder, dirs_exist_ok=True)
-    for path in sorted((work / "study").rglob("*")) if (work / "study").is_dir() else []:
-        if path.is_file() and path.name in STUDY_RECORDS:
-            target = out / path.relative_to(work)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+    _copy_study_records(work, out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "table.md").write_text(table + "\n")
 
@@ -189,6 +195,8 @@ def run_suite(args: argparse.Namespace) -> int:
     deadline = started + deadline_s
     out = pathlib.Path(args.out)
     work = pathlib.Path(tempfile.mkdtemp(prefix="wsjax_suite_"))
+    # The study's cells finished by an earlier call into the same --out: the sweep skips them.
+    _copy_study_records(out, work)
     env = _environment(work, args.tiny)
     manifest = BUNDLE_DIR / "manifest.json"
     results: dict = {
