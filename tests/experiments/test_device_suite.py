@@ -110,7 +110,7 @@ def test_tiny_optional_parts_and_the_study_cells_records(tmp_path):
     assert not any("checkpoints" in n or "compile_cache" in n for n in names), names
     cells = report.collect(tmp_path / "study" / "runs")
     assert len(cells) == 6 and {c["steps"] for c in cells} == {4}
-    assert {c["optimizer"] for c in cells} == {"momentum 0.02 steps"}
+    assert {c["optimizer"] for c in cells} == {"momentum 0.0125 steps"}
     has_population = {c["name"][:-3]: c["accuracy_population"] is not None for c in cells}
     assert has_population == {"bn_b1": True, "bn_b32": True, "gn_ws_b32": False}
     assert "6 cells finished (seeds 0, 1)" in (tmp_path / "table.md").read_text()
