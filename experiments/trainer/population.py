@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 from jax import lax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments.common.mesh import AXIS
@@ -124,7 +124,8 @@ def make_reestimate(
             for path, value in flat.items()
         }
         stats = traverse_util.unflatten_dict(population)
-        stats = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), stats, batch_stats)
-        return stats, k * batch
+        stats = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), stats, batch_stats)
+        # Replicated over the mesh as the state is (on every host alike: each computed the same).
+        return jax.device_put(stats, NamedSharding(mesh, P())), k * batch
 
     return reestimate
