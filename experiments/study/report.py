@@ -14,7 +14,7 @@ import pathlib
 
 from experiments.study.grid import BATCH_FREE, NORMALIZATIONS
 from experiments.study.plot import plot
-from experiments.study.stats import SIGNIFICANT_SE, Stat, compare, summarize
+from experiments.study.stats import SIGNIFICANT_SE, Difference, Stat, compare, summarize
 
 POPULATION = "accuracy_population"  # BN cells: evaluated with re-estimated statistics (trainer/population.py)
 
@@ -96,6 +96,8 @@ def collect(sweep_dir: str | pathlib.Path) -> list[dict]:
 
 def _vs(a: Stat, b: Stat) -> str:
     d = compare(a, b)
+    if d.sign_only:
+        return f"{a} vs {b} ({d.diff:+.2f} points; one seed: the sign only)"
     how = f"paired over {d.paired} seeds" if d.paired else "unpaired"
     return f"{a} vs {b} ({d.diff:+.2f} points, s.e. {d.se:.2f}, {how})"
 
@@ -163,11 +165,17 @@ def markdown_table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _verdict(outcomes: list[str], wanted: tuple[str, ...]) -> str:
-    good = sum(o in wanted for o in outcomes)
+def _verdict(outcomes: list[Difference], wanted: tuple[str, ...]) -> str:
+    good = sum(o.verdict in wanted for o in outcomes)
     if good == len(outcomes):
-        return "**holds**"
-    return "**does not hold**" if good == 0 else f"**holds in part** ({good} of {len(outcomes)})"
+        verdict = "**holds**"
+    else:
+        verdict = (
+            "**does not hold**" if good == 0 else f"**holds in part** ({good} of {len(outcomes)})"
+        )
+    return verdict + (
+        " (by the sign alone: one seed)" if any(o.sign_only for o in outcomes) else ""
+    )
 
 
 def claims(cells: list[dict]) -> list[str]:
@@ -182,7 +190,7 @@ def claims(cells: list[dict]) -> list[str]:
     # (1) BN degrades at 1-2 images per device.
     rows = [(b, table[("BN", b)]) for b in micro if ("BN", b) in table]
     if ref and rows:
-        outcomes = [compare(s, ref).verdict for _, s in rows]
+        outcomes = [compare(s, ref) for _, s in rows]
         detail = "; ".join(f"at {b}/device {_vs(s, ref)}" for b, s in rows)
         out.append(
             f"1. *BN degrades at 1-2 images per device* (vs BN at {ref_b}/device): {detail}. "
@@ -198,7 +206,7 @@ def claims(cells: list[dict]) -> list[str]:
     for base in ("BN", "GN", "BCN"):
         pairs = [(b, ws, plain) for b in batches
                  if (plain := table.get((base, b))) and (ws := _at(table, base + "+WS", b))]  # fmt: skip
-        outcomes += [compare(ws, plain).verdict for _, ws, plain in pairs]
+        outcomes += [compare(ws, plain) for _, ws, plain in pairs]
         if pairs:
             parts.append(
                 f"{base}+WS vs {base}: "
@@ -219,7 +227,7 @@ def claims(cells: list[dict]) -> list[str]:
     # (3) BCN+WS at micro-batch matches or beats large-batch BN, and beats GN+WS.
     rows = [(b, table[("BCN+WS", b)]) for b in micro if ("BCN+WS", b) in table]
     if ref and rows:
-        vs_bn = [compare(s, ref).verdict for _, s in rows]
+        vs_bn = [compare(s, ref) for _, s in rows]
         text = "; ".join(f"at {b}/device {_vs(s, ref)}" for b, s in rows)
         statement = (
             f"3. *BCN+WS at micro-batch matches or beats BN at {ref_b}/device*: {text}. "
@@ -231,7 +239,7 @@ def claims(cells: list[dict]) -> list[str]:
                 " *…and beats GN+WS*: "
                 + "; ".join(f"at {b}/device {_vs(s, g)}" for b, s, g in gn)
                 + ". "
-                + _verdict([compare(s, g).verdict for _, s, g in gn], ("higher",))
+                + _verdict([compare(s, g) for _, s, g in gn], ("higher",))
             )
         out.append(statement)
     else:
@@ -271,7 +279,12 @@ def _population_claim(cells: list[dict], micro: list[int], ref_b: int) -> list[s
             out.append(
                 f"4. *{name} at {b}/device, mismatch or damage?* Population statistics vs its running "
                 f"averages: {_vs(fixed, running)}; vs {name} at {ref_b}/device (population statistics too): "
-                f"{_vs(fixed, ref)}. **{why}**."
+                f"{_vs(fixed, ref)}. **{why}**"
+                + (
+                    " (by the sign alone: one seed)."
+                    if recovered.sign_only or left.sign_only
+                    else "."
+                )
             )
     return out
 

@@ -56,6 +56,7 @@ class Difference(typing.NamedTuple):
     se: float
     verdict: str  # 'higher' | 'lower' | 'level'
     paired: int
+    sign_only: bool = False  # one seed on a side and none to pair: no spread to judge by
 
 
 def summarize(cells: list[dict], field: str = "accuracy") -> dict[tuple[str, int], Stat]:
@@ -81,7 +82,7 @@ def compare(a: Stat, b: Stat) -> Difference:
     else:
         diff, se, paired = a.mean - b.mean, math.sqrt(a.std**2 / a.n + b.std**2 / b.n), 0
         if a.n < 2 or b.n < 2:  # no spread to judge by: the sign only
-            return Difference(diff, se, "higher" if diff > 0 else "lower", paired)
+            return Difference(diff, se, "higher" if diff > 0 else "lower", paired, sign_only=True)
     if abs(diff) <= SIGNIFICANT_SE * se:
         return Difference(diff, se, "level", paired)
     return Difference(diff, se, "higher" if diff > 0 else "lower", paired)

@@ -133,6 +133,13 @@ def test_population_statistics_tell_a_mismatch_from_damage(population_at_1, why)
     assert "| BN, population statistics | " in table
 
 
+def test_one_seed_gives_the_sign_and_says_so():
+    one_seed = {k: v[:1] for k, v in PAPER_LIKE.items()}
+    text = report.claims(_cells(one_seed))
+    assert "one seed: the sign only" in text[0] and "s.e." not in text[0]
+    assert text[0].endswith("**holds** (by the sign alone: one seed)")
+
+
 def test_claims_without_the_settings_say_not_measured():
     text = report.claims(_cells({("GN", 1): [0.9], ("GN", 32): [0.9]}))
     assert "not measured" in text[0] and "not measured" in text[1] and "not measured" in text[2]
