@@ -76,6 +76,7 @@ def test_constant_channel_gets_zero_variance_not_a_negative_one():
     assert all(float(jnp.min(layer["var"])) >= 0.0 for layer in stats.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("replicas_per_device", [1, 4])
 def test_a_bn_run_reports_both_accuracies_and_keeps_its_state(tmp_path, replicas_per_device):
     """The final evaluation with re-estimated statistics is an extra: the run's own is unchanged (8 devices,
@@ -96,6 +97,7 @@ def test_a_bn_run_reports_both_accuracies_and_keeps_its_state(tmp_path, replicas
     assert len(row) == 1 and row[0]["accuracy"] == info["final_test_accuracy_population"]
 
 
+@pytest.mark.slow
 def test_other_norms_ignore_it(tmp_path):
     train.train_and_evaluate(tiny_config(norm="gn", reestimate_bn_images=64), str(tmp_path))
     assert "final_test_accuracy_population" not in json.loads(
