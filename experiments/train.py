@@ -200,7 +200,7 @@ def build(config: ml_collections.ConfigDict, announce: bool = True) -> Training:
             population.statistics_model(config, num_classes),
             dataset.train.images,
             config.reestimate_bn_images,
-            eval_per_replica,
+            max(1, config.eval_batch_size // mesh.devices.size),  # per device, whatever the split
             step_config.mean,
             step_config.std,
         )

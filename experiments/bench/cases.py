@@ -42,12 +42,18 @@ def config_for(setup: Setup, **overrides: Any) -> ml_collections.ConfigDict:
     return config
 
 
-def train_step(setup: Setup, config: ml_collections.ConfigDict, per_device_batch: int):
+def train_step(
+    setup: Setup,
+    config: ml_collections.ConfigDict,
+    per_device_batch: int,
+    tx: optax.GradientTransformation | None = None,
+):
     """``(step, state, images, labels)``: the jitted train step and its device-resident synthetic data.
 
     Each device's ``per_device_batch`` images are split over its ``config.replicas_per_device`` replicas, as
-    training splits them; each replica's shard holds 4 of its batches. The optimizer is Adam at a constant
-    2.5e-4 whatever ``config`` says (a schedule changes no step's work).
+    training splits them; each replica's shard holds 4 of its batches. The optimizer is ``tx``, by default
+    Adam at a constant 2.5e-4 whatever ``config`` says (the benchmark's step; a schedule changes no step's
+    work).
     """
     devices, replicas = setup.mesh.devices.size, config.replicas_per_device
     if per_device_batch % replicas:
@@ -56,7 +62,7 @@ def train_step(setup: Setup, config: ml_collections.ConfigDict, per_device_batch
         )
     per_replica = per_device_batch // replicas
     model = model_factory.build_model(config, 10, None)
-    state = steps.create_train_state(model, optax.adam(2.5e-4), setup.image_shape, 0)
+    state = steps.create_train_state(model, tx or optax.adam(2.5e-4), setup.image_shape, 0)
     state = jax.device_put(state, NamedSharding(setup.mesh, P()))
     shards, shard = devices * replicas, 4 * per_replica
     rng = np.random.default_rng(0)

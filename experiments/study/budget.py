@@ -5,7 +5,7 @@
 
 For every setting of the grid (normalization × images per device, as ``study.microbatch.grid`` lays it out:
 the ``DEEP_*`` grid of ``grid.py`` for ``configs/microbatch_deep.py``, the CPU study's otherwise) the cell's
-training step (its config, its replicas vmapped on one device) is compiled, its FLOPs counted by XLA and its
+training step (its config and optimizer, its replicas vmapped on one device) is compiled, its FLOPs counted by XLA and its
 time measured; a cell's training is its steps times that (evaluation and start-up come on top), a seed's the
 sum over the grid, the sweep's that times the seeds. On the accelerator the figures are its own; on a CPU the
 FLOPs per cell say what a faster device has to do.
@@ -38,8 +38,19 @@ def settings(config_path: pathlib.Path) -> tuple[list[tuple[str, int]], tuple[in
         )
         seeds = grids.DEEP_SEEDS
     else:
-        cells, seeds = grid(list(grids.NORMALIZATIONS), grids.PER_DEVICE_BATCHES, (0,)), (0, 1, 2)
+        cells, seeds = grid(list(grids.NORMALIZATIONS), grids.PER_DEVICE_BATCHES, (0,)), grids.SEEDS
     return [(c.normalization, c.per_device_batch) for c in cells], seeds
+
+
+def cell_optimizer(config):
+    """The optimizer a cell of ``config`` trains with (its schedule over the cell's steps)."""
+    from experiments.trainer import optim
+
+    steps_per_epoch = grids.TRAIN_EXAMPLES // config.global_batch_size
+    schedule = optim.learning_rate_schedule(
+        config, steps_per_epoch, config.num_epochs * steps_per_epoch
+    )
+    return optim.make_optimizer(config, schedule)
 
 
 def measure(
@@ -65,7 +76,9 @@ def measure(
         flags = Cell(normalization, per_device, 0).overrides(base.global_batch_size, 1)
         config = cell_config([*flags, *extra], config_path)
         setup = cases.Setup(config.model, (28, 28, 1), repeats, calls, mesh)
-        step, state, images, labels = cases.train_step(setup, config, config.global_batch_size)
+        step, state, images, labels = cases.train_step(
+            setup, config, config.global_batch_size, cell_optimizer(config)
+        )
         flops = cases.step_flops(step, state, images, labels)
         timing = time_calls(cases.stepper(step, state, images, labels), repeats, calls)
         cell_steps = config.num_epochs * grids.TRAIN_EXAMPLES // config.global_batch_size

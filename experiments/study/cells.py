@@ -1,10 +1,11 @@
 """How the micro-batch sweep trains one cell: in a child process (the default) or in this one.
 
 A cell is ``python -m experiments.train --config=CONFIG --workdir=CELL`` (``CONFIG`` the study's config,
-``configs/microbatch.py`` unless the sweep names another) with the cell's ``--config.FIELD=VALUE`` flags (``microbatch.Cell.overrides``). ``run_subprocess`` starts that child, which
-inherits the cell's claim so that the lock lasts as long as the training; ``InProcess`` calls
-``train_and_evaluate`` instead, with one persistent compilation cache for every cell. Nothing here starts JAX
-except ``InProcess`` (and ``probe_device_count``'s child).
+``configs/microbatch.py`` unless the sweep names another) with the cell's ``--config.FIELD=VALUE`` flags
+(``microbatch.Cell.overrides``). ``run_subprocess`` starts that child, which inherits the cell's claim so
+that the lock lasts as long as the training; ``InProcess`` calls ``train_and_evaluate`` instead, with one
+persistent compilation cache for every cell. Nothing here starts JAX except ``InProcess`` (and
+``probe_device_count``'s child).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ from experiments.study.cells import (
     probe_device_count,
     train_cell,
 )
-from experiments.study.grid import BATCH_FREE, NORMALIZATIONS, PER_DEVICE_BATCHES
+from experiments.study.grid import BATCH_FREE, NORMALIZATIONS, PER_DEVICE_BATCHES, SEEDS
 
 MAX_CONSECUTIVE_FAILURES = 3  # then stop: every cell is failing, not one diverged run
 
@@ -126,9 +126,8 @@ def check_design(batches: Sequence[int], global_batch: int, devices: int) -> Non
 
 
 def default_global_batch(config: str | pathlib.Path = CONFIG) -> int:
-    return int(
-        cell_config([], pathlib.Path(config)).global_batch_size
-    )  # ml_collections only, no JAX
+    # ml_collections only, no JAX
+    return int(cell_config([], pathlib.Path(config)).global_batch_size)
 
 
 def run(
@@ -279,7 +278,7 @@ if __name__ == "__main__":
         str(CONFIG),
         "The study's config: configs/microbatch.py (the CPU study) or configs/microbatch_deep.py.",
     )
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+    flags.DEFINE_list("seeds", [str(s) for s in SEEDS], "Seeds.")
     flags.DEFINE_list("normalizations", list(NORMALIZATIONS), f"Subset of {list(NORMALIZATIONS)}.")
     flags.DEFINE_list(
         "per_device_batches", [str(b) for b in PER_DEVICE_BATCHES], "Images per device."

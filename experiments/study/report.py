@@ -102,13 +102,16 @@ def _vs(a: Stat, b: Stat) -> str:
     return f"{a} vs {b} ({d.diff:+.2f} points, s.e. {d.se:.2f}, {how})"
 
 
-def _at(table: dict[tuple[str, int], Stat], name: str, b: int) -> Stat | None:
-    """``name`` at ``b`` images per device; a batch-free normalization at whichever b it ran (the same
-    training at every b), the largest if several."""
-    if (name, b) in table or name not in BATCH_FREE:
-        return table.get((name, b))
+def _at(table: dict[tuple[str, int], Stat], name: str, b: int) -> tuple[str, Stat] | None:
+    """``name`` at ``b`` images per device, with a note when another cell stands in for it: a batch-free
+    normalization that did not run at ``b`` is taken at the largest b it ran (the same training at every b,
+    up to float rounding)."""
+    if (name, b) in table:
+        return "", table[(name, b)]
     runs = sorted(k[1] for k in table if k[0] == name)
-    return table[(name, runs[-1])] if runs else None
+    if name not in BATCH_FREE or not runs:
+        return None
+    return f" ({name} as run at {runs[-1]}/device)", table[(name, runs[-1])]
 
 
 def design_check(cells: list[dict]) -> str:
@@ -204,13 +207,13 @@ def claims(cells: list[dict]) -> list[str]:
     # (2) WS improves GN and BN (and BCN, an extra).
     parts, outcomes = [], []
     for base in ("BN", "GN", "BCN"):
-        pairs = [(b, ws, plain) for b in batches
-                 if (plain := table.get((base, b))) and (ws := _at(table, base + "+WS", b))]  # fmt: skip
-        outcomes += [compare(ws, plain) for _, ws, plain in pairs]
+        pairs = [(b, found, plain) for b in batches
+                 if (plain := table.get((base, b))) and (found := _at(table, base + "+WS", b))]  # fmt: skip
+        outcomes += [compare(ws, plain) for _, (_, ws), plain in pairs]
         if pairs:
             parts.append(
                 f"{base}+WS vs {base}: "
-                + "; ".join(f"{b}/device {_vs(ws, plain)}" for b, ws, plain in pairs)
+                + "; ".join(f"{b}/device {_vs(ws, plain)}{note}" for b, (note, ws), plain in pairs)
             )
     if parts:
         out.append(
@@ -233,13 +236,13 @@ def claims(cells: list[dict]) -> list[str]:
             f"3. *BCN+WS at micro-batch matches or beats BN at {ref_b}/device*: {text}. "
             + _verdict(vs_bn, ("higher", "level"))
         )
-        gn = [(b, s, g) for b, s in rows if (g := _at(table, "GN+WS", b)) is not None]
+        gn = [(b, s, found) for b, s in rows if (found := _at(table, "GN+WS", b)) is not None]
         if gn:
             statement += (
                 " *…and beats GN+WS*: "
-                + "; ".join(f"at {b}/device {_vs(s, g)}" for b, s, g in gn)
+                + "; ".join(f"at {b}/device {_vs(s, g)}{note}" for b, s, (note, g) in gn)
                 + ". "
-                + _verdict([compare(s, g) for _, s, g in gn], ("higher",))
+                + _verdict([compare(s, g) for _, s, (_, g) in gn], ("higher",))
             )
         out.append(statement)
     else:
@@ -264,13 +267,15 @@ def _population_claim(cells: list[dict], micro: list[int], ref_b: int) -> list[s
     table, population = summarize(cells), summarize(cells, POPULATION)
     out = []
     for name in ("BN", "BN+WS"):
-        ref = population.get((name, ref_b))
+        ref, ref_running = population.get((name, ref_b)), table.get((name, ref_b))
         for b in micro:
             running, fixed = table.get((name, b)), population.get((name, b))
-            if running is None or fixed is None or ref is None:
+            if running is None or fixed is None or ref is None or ref_running is None:
                 continue
             recovered, left = compare(fixed, running), compare(fixed, ref)
-            if left.verdict == "level":
+            if compare(running, ref_running).verdict != "lower":
+                why = f"no loss to explain: with its running averages it is not below {name} at {ref_b}/device"
+            elif left.verdict == "level":
                 why = "a train/test mismatch: with population statistics it is level with the reference"
             elif recovered.verdict == "higher":
                 why = "partly a mismatch, partly damage to training: population statistics recover some of it"

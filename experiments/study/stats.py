@@ -12,7 +12,8 @@ which cancels what a seed does to both (its initialization, its data order) and 
 two unpaired means of the same runs cannot. The settings differ when :math:`|\bar d| > k\,\operatorname{se}`
 with ``k = SIGNIFICANT_SE`` (no t quantile: a handful of seeds gives too few degrees of freedom for one to
 mean much). With fewer than two shared seeds the comparison is unpaired,
-``se = sqrt(std_a² / n_a + std_b² / n_b)``, and with no spread at all only the sign is reported.
+``se = sqrt(std_a² / n_a + std_b² / n_b)``; and when one side then has a single seed there is no spread to
+judge by, so only the sign is reported (``sign_only``).
 """
 
 from __future__ import annotations

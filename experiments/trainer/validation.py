@@ -109,7 +109,7 @@ def _check_input(config: ml_collections.ConfigDict) -> None:
                 "augmentation='inception' needs input_pipeline='stream' or 'auto' (the memory path "
                 "crops and flips on the device at the native size)."
             )
-    if config.reestimate_bn_images > 0 and config.input_pipeline == "stream":
+    if population.applies(config) and config.input_pipeline == "stream":
         raise ConfigError(population.NEEDS_MEMORY)
     for field in ("input_workers", "input_threads", "crop_padding", "image_size"):
         _positive_int(config, field, minimum=0)

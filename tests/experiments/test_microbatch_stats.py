@@ -133,6 +133,22 @@ def test_population_statistics_tell_a_mismatch_from_damage(population_at_1, why)
     assert "| BN, population statistics | " in table
 
 
+def test_no_loss_means_nothing_to_explain():
+    level = {**PAPER_LIKE, ("BN", 1): [0.909, 0.912, 0.910]}
+    cells = _cells(level)
+    for c in cells:
+        if c["normalization"] == "BN":
+            c["accuracy_population"] = c["accuracy"]
+    (line,) = [t for t in report.claims(cells) if t.startswith("4.")]
+    assert "**no loss to explain" in line
+
+
+def test_a_stand_in_cell_is_named():
+    """GN+WS ran at 32/device only: the claims compare BCN+WS at 1/device with it, and say so."""
+    text = report.claims(_cells(PAPER_LIKE))
+    assert "(GN+WS as run at 32/device)" in text[2] and "(GN+WS as run at 32/device)" in text[1]
+
+
 def test_one_seed_gives_the_sign_and_says_so():
     one_seed = {k: v[:1] for k, v in PAPER_LIKE.items()}
     text = report.claims(_cells(one_seed))

@@ -25,55 +25,80 @@ def _conv3x3_numpy(x, kernel, bias):
     return np.einsum("nhwcij,ijcf->nhwf", windows, kernel) + bias
 
 
-def _setup(replicas=2, per_replica=40, seed=0):
+def _setup(replicas=2, per_replica=40, seed=0, devices=1):
     config = tiny_config(norm="bn", conv="plain", reestimate_bn_images=10_000)
     model = population.statistics_model(config, num_classes=10)
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (replicas, per_replica, 8, 8, 3), dtype=np.uint8)
     variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 3)), train=False)
-    mesh = Mesh(np.array(jax.devices()[:1]), (AXIS,))
+    mesh = Mesh(np.array(jax.devices()[:devices]), (AXIS,))
     return model, variables, jnp.asarray(images), mesh
 
 
-def test_first_layer_equals_the_mean_and_variance_over_every_image_used():
-    """Two replicas × four batches of 10: the combined moments are those of all 80 images' positions."""
-    model, variables, images, mesh = _setup()
+def _first_layer_numpy(images, params):
+    x = (np.asarray(images, np.float64).reshape(-1, 8, 8, 3) / 255 - MEAN[0]) / STD[0]
+    conv = params["conv1_1"]
+    return _conv3x3_numpy(x, np.asarray(conv["kernel"], np.float64), np.asarray(conv["bias"]))
+
+
+@pytest.mark.parametrize("devices, replicas", [(1, 2), (2, 4)])
+def test_first_layer_equals_the_mean_and_variance_over_every_image_used(devices, replicas):
+    """80 images in batches of 10 per device (one device, or two holding two replicas each): the combined
+    moments are those of all 80 images' positions."""
+    model, variables, images, mesh = _setup(replicas, 80 // replicas, devices=devices)
     reestimate = population.make_reestimate(mesh, model, images, 80, 10, MEAN, STD)
     stats, used = reestimate(variables["params"], variables["batch_stats"])
     assert used == 80
-    x = (np.asarray(images, np.float64).reshape(80, 8, 8, 3) / 255 - MEAN[0]) / STD[0]
-    conv = variables["params"]["conv1_1"]
-    y = _conv3x3_numpy(x, np.asarray(conv["kernel"], np.float64), np.asarray(conv["bias"]))
+    y = _first_layer_numpy(images, variables["params"])
     np.testing.assert_allclose(
         stats["norm1_1"]["mean"], y.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(stats["norm1_1"]["var"], y.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
 
 
+def test_the_replica_split_changes_nothing():
+    """A cell trained as 32 replicas of one image and one of 32 are re-estimated with the same batches."""
+    model, variables, images, mesh = _setup()
+    args = (variables["params"], variables["batch_stats"])
+    one, _ = population.make_reestimate(
+        mesh, model, images.reshape(1, 80, 8, 8, 3), 80, 20, MEAN, STD
+    )(*args)
+    many, _ = population.make_reestimate(
+        mesh, model, images.reshape(8, 10, 8, 8, 3), 80, 20, MEAN, STD
+    )(*args)
+    jax.tree.map(np.testing.assert_array_equal, one, many)
+
+
 def test_uses_whole_batches_of_the_images_asked_for_and_ignores_the_old_statistics():
     model, variables, images, mesh = _setup()
     params, stats = variables["params"], variables["batch_stats"]
-    # 30 asked, 2 replicas × batches of 10: two batches each (rounded up to whole batches), 40 images.
-    reestimate = population.make_reestimate(mesh, model, images, 30, 10, MEAN, STD)
+    # 25 asked in batches of 10: three batches (rounded up to a whole batch), 30 images.
+    reestimate = population.make_reestimate(mesh, model, images, 25, 10, MEAN, STD)
     good, used = reestimate(params, stats)
-    assert used == 40
+    assert used == 30
     poisoned = jax.tree.map(lambda a: a + 5.0, stats)  # running averages far off: they play no part
     again, _ = reestimate(params, poisoned)
     jax.tree.map(np.testing.assert_array_equal, good, again)
     # More images than the split holds: all of it.
-    assert (
-        population.make_reestimate(mesh, model, images, 10**6, 10, MEAN, STD)(params, stats)[1]
-        == 80
-    )
+    everything = population.make_reestimate(mesh, model, images, 10**6, 10, MEAN, STD)
+    assert everything(params, stats)[1] == 80
 
 
-def test_constant_channel_gets_zero_variance_not_a_negative_one():
-    model, variables, _, mesh = _setup()
-    flat = jnp.full((2, 40, 8, 8, 3), 77, jnp.uint8)  # every position alike: every variance is 0
-    stats, _ = population.make_reestimate(mesh, model, flat, 80, 10, MEAN, STD)(
-        variables["params"], variables["batch_stats"]
-    )
-    assert all(float(jnp.min(layer["var"])) >= 0.0 for layer in stats.values())
+def test_combining_batches_keeps_a_variance_that_a_large_mean_dwarfs():
+    """Means near 1000 (μ² = 1e6) that differ by ~0.01 between batches, within-batch variance 1e-4: the
+    population variance is ~2e-4, which float32's E[x²] - μ² (resolution ~0.06 at 1e6) would lose."""
+    rng = np.random.default_rng(0)
+    means = (1000 + rng.normal(0, 0.01, (64, 4))).astype(np.float32)
+    variances = rng.uniform(0.5e-4, 1.5e-4, (64, 4)).astype(np.float32)
+    mean, var = population.combine(means, variances)
+    m64, v64 = means.astype(np.float64), variances.astype(np.float64)
+    np.testing.assert_allclose(mean, m64.mean(axis=0), rtol=1e-12)
+    # The definition: the second moment over all batches' positions minus the squared mean.
+    second = (v64 + m64**2).mean(axis=0)
+    np.testing.assert_allclose(
+        var, second - m64.mean(axis=0) ** 2, rtol=1e-5
+    )  # its own rounding: 1e-10
+    assert np.all(var > 1e-4)
 
 
 @pytest.mark.slow
@@ -110,6 +135,8 @@ def test_a_negative_count_is_a_config_error():
         validate(tiny_config(norm="bn", reestimate_bn_images=-1), 8)
 
 
-def test_streaming_is_refused_with_the_fix():
+def test_streaming_is_refused_with_the_fix_where_it_applies():
     with pytest.raises(ConfigError, match="input_pipeline='memory'"):
         validate(tiny_config(norm="bn", reestimate_bn_images=64, input_pipeline="stream"), 8)
+    # Other norms ignore the setting, streaming or not (a sweep sets it for every cell).
+    validate(tiny_config(norm="gn", reestimate_bn_images=64, input_pipeline="stream"), 8)

@@ -26,8 +26,11 @@ ORDER = [
 ]  # the study's, most wanted first (NORMALIZATIONS' names)
 
 
-def steps_per_second(config, image_shape: tuple[int, int, int], repeats: int, calls: int) -> float:
-    """Steps/s of ``config``'s train step on one device with its ``replicas_per_device`` replicas."""
+def steps_per_second(
+    config, image_shape: tuple[int, int, int], repeats: int, calls: int, tx=None
+) -> float:
+    """Steps/s of ``config``'s train step on one device with its ``replicas_per_device`` replicas (optimizer
+    ``tx``; by default the benchmark's Adam)."""
     import jax
     import numpy as np
     from jax.sharding import Mesh
@@ -38,7 +41,7 @@ def steps_per_second(config, image_shape: tuple[int, int, int], repeats: int, ca
 
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
     setup = cases.Setup(config.model, image_shape, repeats, calls, mesh)
-    run = stepper(*cases.train_step(setup, config, config.global_batch_size))
+    run = stepper(*cases.train_step(setup, config, config.global_batch_size, tx))
     return 1.0 / time_calls(run, repeats, calls).median
 
 
@@ -80,9 +83,10 @@ def run(ctx: PartContext) -> None:
 
 
 def _study_cells(ctx: PartContext, repeats: int, calls: int) -> None:
-    """BN's cells at the two ends of the accelerator study's range (its config, replicas and steps): seconds
-    per cell."""
+    """BN's cells at the two ends of the accelerator study's range (its config, optimizer, replicas and
+    steps): seconds per cell."""
     from experiments.configs import microbatch_deep
+    from experiments.study.budget import cell_optimizer
     from experiments.study.grid import DEEP_PER_DEVICE_BATCHES, TRAIN_EXAMPLES
 
     for per_device in DEEP_PER_DEVICE_BATCHES:
@@ -93,7 +97,7 @@ def _study_cells(ctx: PartContext, repeats: int, calls: int) -> None:
         config.replicas_per_device = config.global_batch_size // per_device
         if ctx.tiny:
             config.update(model="vgg_tiny", num_groups=4)
-        rate = steps_per_second(config, (28, 28, 1), repeats, calls)
+        rate = steps_per_second(config, (28, 28, 1), repeats, calls, cell_optimizer(config))
         steps = config.num_epochs * TRAIN_EXAMPLES // config.global_batch_size
         ctx.append(
             "study_cells",
