@@ -39,6 +39,7 @@ from experiments.trainer.profiling import StepProfiler
 from experiments.trainer.run_info import RunInfo
 from experiments.trainer.validation import validate
 from experiments.trainer.workdir import (
+    OutOfSpaceRecordsDropped,
     WorkdirBusyError,
     WorkdirLock,
     check_writable,
@@ -293,6 +294,7 @@ def main(argv: list[str]) -> None:
     del argv
     FLAGS = flags.FLAGS
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax narrates every save at INFO
+    absl_logging.get_absl_logger().addFilter(OutOfSpaceRecordsDropped())
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.distributed:

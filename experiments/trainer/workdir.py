@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import pathlib
 
@@ -46,6 +47,15 @@ def out_of_space_message(workdir: str | pathlib.Path, resume_step: int) -> str:
         f"another --workdir) and rerun the same command; it {resume}, and the checkpoints already written "
         "are intact."
     )
+
+
+class OutOfSpaceRecordsDropped(logging.Filter):
+    """Drops log records that carry a full-disk error: the checkpointer's writer threads log the failed write
+    with its traceback (how many depends on which write failed first), and the run's one line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not is_out_of_space(error)
 
 
 def check_writable(workdir: pathlib.Path) -> None:

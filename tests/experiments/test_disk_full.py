@@ -7,12 +7,18 @@ the run (a checkpoint or a metrics line) fails with ENOSPC.
 """
 
 import errno
+import logging
 import os
 import subprocess
+import sys
 
 import pytest
 
-from experiments.trainer.workdir import is_out_of_space, out_of_space_message
+from experiments.trainer.workdir import (
+    OutOfSpaceRecordsDropped,
+    is_out_of_space,
+    out_of_space_message,
+)
 from tests.helpers import (
     FAULT_ARGS,
     checkpoint_steps,
@@ -106,3 +112,27 @@ def test_a_full_disk_is_recognized_however_it_is_reported():
     line = out_of_space_message("/data/run", 3)
     assert "/data/run" in line and "resumes from checkpoint 3" in line and "\n" not in line
     assert "starts from the beginning" in out_of_space_message("/data/run", 0)
+
+
+def test_the_checkpoint_writers_full_disk_tracebacks_are_dropped_and_nothing_else():
+    """The writer threads log a failed write with its traceback, once or several times depending on which
+    write failed first (the full-disk test above met both): those records go; other errors stay."""
+    from absl import logging as absl_logging
+
+    def record(error):
+        try:
+            raise error
+        except Exception:
+            return logging.LogRecord(
+                "absl", logging.ERROR, __file__, 1, "save failed", (), sys.exc_info()
+            )
+
+    dropped = OutOfSpaceRecordsDropped()
+    full = ValueError(
+        "RESOURCE_EXHAUSTED: Failed writing: No space left on device [os_error_code='28']"
+    )
+    assert not dropped.filter(record(full))
+    assert dropped.filter(record(ValueError("shapes differ")))
+    assert dropped.filter(logging.LogRecord("absl", logging.ERROR, __file__, 1, "plain", (), None))
+    # Installed where orbax's records go: absl's logger.
+    assert absl_logging.get_absl_logger() is logging.getLogger("absl")
