@@ -5,12 +5,13 @@
 
 For every setting of the grid (normalization × images per device, as ``study.microbatch.grid`` lays it out:
 the ``DEEP_*`` grid of ``grid.py`` for ``configs/microbatch_deep.py``, the CPU study's otherwise) the cell's
-training step (its config and optimizer, its replicas vmapped on one device) is compiled, its FLOPs counted by XLA and its
-time measured; a cell's training is its steps times that (evaluation and start-up come on top), a seed's the
-sum over the grid, the sweep's that times the seeds. On the accelerator the figures are its own; on a CPU the
-FLOPs per cell say what a faster device has to do.
+training step (its config and optimizer, its replicas vmapped on one device) is compiled, its FLOPs counted
+by XLA and its time measured; a cell's training is its steps times that (evaluation and start-up come on
+top), a seed's the sum over the grid, the sweep's that times the seeds. On the accelerator the figures are
+its own; on a CPU the FLOPs per cell say what a faster device has to do.
 
-Writes ``budget.json`` and prints a table. Takes a few minutes: every setting compiles once.
+Writes ``budget.json`` and prints a table. Takes a few minutes: every setting compiles twice (once for XLA's
+FLOP count, which :func:`experiments.bench.cases.step_flops` takes from an ahead-of-time compilation).
 """
 
 from __future__ import annotations
@@ -42,15 +43,17 @@ def settings(config_path: pathlib.Path) -> tuple[list[tuple[str, int]], tuple[in
     return [(c.normalization, c.per_device_batch) for c in cells], seeds
 
 
+def cell_steps(config) -> tuple[int, int]:
+    """``(steps per epoch, steps)`` of a cell of ``config`` on the study's dataset."""
+    steps_per_epoch = grids.TRAIN_EXAMPLES // config.global_batch_size
+    return steps_per_epoch, config.num_epochs * steps_per_epoch
+
+
 def cell_optimizer(config):
     """The optimizer a cell of ``config`` trains with (its schedule over the cell's steps)."""
     from experiments.trainer import optim
 
-    steps_per_epoch = grids.TRAIN_EXAMPLES // config.global_batch_size
-    schedule = optim.learning_rate_schedule(
-        config, steps_per_epoch, config.num_epochs * steps_per_epoch
-    )
-    return optim.make_optimizer(config, schedule)
+    return optim.make_optimizer(config, optim.learning_rate_schedule(config, *cell_steps(config)))
 
 
 def measure(
@@ -70,10 +73,10 @@ def measure(
 
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
     grid, seeds = settings(config_path)
+    global_batch = cell_config(extra, config_path).global_batch_size
     rows = []
     for normalization, per_device in tqdm(grid, desc="settings", unit="setting"):
-        base = cell_config(extra, config_path)
-        flags = Cell(normalization, per_device, 0).overrides(base.global_batch_size, 1)
+        flags = Cell(normalization, per_device, 0).overrides(global_batch, 1)
         config = cell_config([*flags, *extra], config_path)
         setup = cases.Setup(config.model, (28, 28, 1), repeats, calls, mesh)
         step, state, images, labels = cases.train_step(
@@ -81,7 +84,7 @@ def measure(
         )
         flops = cases.step_flops(step, state, images, labels)
         timing = time_calls(cases.stepper(step, state, images, labels), repeats, calls)
-        cell_steps = config.num_epochs * grids.TRAIN_EXAMPLES // config.global_batch_size
+        _, steps = cell_steps(config)
         rows.append(
             {
                 "normalization": normalization,
@@ -89,8 +92,8 @@ def measure(
                 "replicas": config.replicas_per_device,
                 "step_time_s": timing.as_dict(),
                 "flops_per_step": flops,
-                "steps_per_cell": cell_steps,
-                "cell_train_s": cell_steps * timing.median,
+                "steps_per_cell": steps,
+                "cell_train_s": steps * timing.median,
             }
         )
     seed_s = sum(r["cell_train_s"] for r in rows)

@@ -17,6 +17,7 @@ from experiments.study.plot import plot
 from experiments.study.stats import SIGNIFICANT_SE, Difference, Stat, compare, summarize
 
 POPULATION = "accuracy_population"  # BN cells: evaluated with re-estimated statistics (trainer/population.py)
+SIGN_ONLY = " (by the sign alone: one seed)"  # after a verdict drawn from one seed
 
 NAME_BY_SETTING = {setting: name for name, setting in NORMALIZATIONS.items()}
 
@@ -176,9 +177,7 @@ def _verdict(outcomes: list[Difference], wanted: tuple[str, ...]) -> str:
         verdict = (
             "**does not hold**" if good == 0 else f"**holds in part** ({good} of {len(outcomes)})"
         )
-    return verdict + (
-        " (by the sign alone: one seed)" if any(o.sign_only for o in outcomes) else ""
-    )
+    return verdict + (SIGN_ONLY if any(o.sign_only for o in outcomes) else "")
 
 
 def claims(cells: list[dict]) -> list[str]:
@@ -248,7 +247,7 @@ def claims(cells: list[dict]) -> list[str]:
     else:
         out.append("3. *BCN+WS at micro-batch matches large-batch BN*: not measured.")
 
-    out += _population_claim(cells, micro, ref_b)
+    out += _population_claim(cells, table, micro, ref_b)
 
     # The batch-free normalizations train the same network at every b: their spread across b is rounding.
     for n in sorted(BATCH_FREE & {k[0] for k in table}):
@@ -261,10 +260,12 @@ def claims(cells: list[dict]) -> list[str]:
     return out
 
 
-def _population_claim(cells: list[dict], micro: list[int], ref_b: int) -> list[str]:
+def _population_claim(
+    cells: list[dict], table: dict[tuple[str, int], Stat], micro: list[int], ref_b: int
+) -> list[str]:
     """Whether micro-batch BN's loss is a train/test mismatch of its running averages or damage to training:
-    the same cells evaluated with re-estimated population statistics."""
-    table, population = summarize(cells), summarize(cells, POPULATION)
+    the same cells (``table``: their accuracies) evaluated with re-estimated population statistics."""
+    population = summarize(cells, POPULATION)
     out = []
     for name in ("BN", "BN+WS"):
         ref, ref_running = population.get((name, ref_b)), table.get((name, ref_b))
@@ -285,11 +286,8 @@ def _population_claim(cells: list[dict], micro: list[int], ref_b: int) -> list[s
                 f"4. *{name} at {b}/device, mismatch or damage?* Population statistics vs its running "
                 f"averages: {_vs(fixed, running)}; vs {name} at {ref_b}/device (population statistics too): "
                 f"{_vs(fixed, ref)}. **{why}**"
-                + (
-                    " (by the sign alone: one seed)."
-                    if recovered.sign_only or left.sign_only
-                    else "."
-                )
+                + (SIGN_ONLY if recovered.sign_only or left.sign_only else "")
+                + "."
             )
     return out
 

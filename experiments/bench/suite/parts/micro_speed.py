@@ -86,8 +86,8 @@ def _study_cells(ctx: PartContext, repeats: int, calls: int) -> None:
     """BN's cells at the two ends of the accelerator study's range (its config, optimizer, replicas and
     steps): seconds per cell."""
     from experiments.configs import microbatch_deep
-    from experiments.study.budget import cell_optimizer
-    from experiments.study.grid import DEEP_PER_DEVICE_BATCHES, TRAIN_EXAMPLES
+    from experiments.study.budget import cell_optimizer, cell_steps
+    from experiments.study.grid import DEEP_PER_DEVICE_BATCHES
 
     for per_device in DEEP_PER_DEVICE_BATCHES:
         if ctx.time_left() < MIN_SECONDS:
@@ -98,7 +98,7 @@ def _study_cells(ctx: PartContext, repeats: int, calls: int) -> None:
         if ctx.tiny:
             config.update(model="vgg_tiny", num_groups=4)
         rate = steps_per_second(config, (28, 28, 1), repeats, calls, cell_optimizer(config))
-        steps = config.num_epochs * TRAIN_EXAMPLES // config.global_batch_size
+        _, steps = cell_steps(config)
         ctx.append(
             "study_cells",
             {**_row("BN", config, rate), "steps": steps, "cell_train_s": steps / rate},
