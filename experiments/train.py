@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import pathlib
 import sys
 from collections.abc import Callable, Iterator
@@ -294,7 +295,9 @@ def main(argv: list[str]) -> None:
     del argv
     FLAGS = flags.FLAGS
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax narrates every save at INFO
-    absl_logging.get_absl_logger().addFilter(OutOfSpaceRecordsDropped())
+    # On the handlers, not a logger: the writer threads' records come through absl's logger and asyncio's.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OutOfSpaceRecordsDropped())
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.distributed:

@@ -51,7 +51,8 @@ def out_of_space_message(workdir: str | pathlib.Path, resume_step: int) -> str:
 
 class OutOfSpaceRecordsDropped(logging.Filter):
     """Drops log records that carry a full-disk error: the checkpointer's writer threads log the failed write
-    with its traceback (how many depends on which write failed first), and the run's one line says it."""
+    with its traceback, through absl's logger or asyncio's (which and how many depends on which write failed
+    first), and the run's one line says it. Install it on the root logger's handlers, which both reach."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None

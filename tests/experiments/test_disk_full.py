@@ -134,5 +134,6 @@ def test_the_checkpoint_writers_full_disk_tracebacks_are_dropped_and_nothing_els
     assert not dropped.filter(record(full))
     assert dropped.filter(record(ValueError("shapes differ")))
     assert dropped.filter(logging.LogRecord("absl", logging.ERROR, __file__, 1, "plain", (), None))
-    # Installed where orbax's records go: absl's logger.
+    # The trainer installs it on the root logger's handlers, which absl's and asyncio's records both reach.
+    assert logging.getLogger("absl").propagate and logging.getLogger("asyncio").propagate
     assert absl_logging.get_absl_logger() is logging.getLogger("absl")
