@@ -2,13 +2,16 @@
 and a rerun with space that resumes to the uninterrupted run's parameters, bit for bit.
 
 The workdir sits on a small tmpfs (root can mount one, as on this project's machines and CI; elsewhere the
-test skips); once the first checkpoint is written the test fills the filesystem, so that the next write of
-the run (a checkpoint or a metrics line) fails with ENOSPC.
+test skips); once the first checkpoint is written the test pauses the run, fills the filesystem and lets it go
+on, so that the next write of the run (a checkpoint or a metrics line) fails with ENOSPC. Checkpoints are
+finalized in the background while training goes on, so a later one may already be in place when the run is
+paused: the test asks that the newest one be complete and named in the error, and that the rerun resume from it.
 """
 
 import errno
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -28,7 +31,7 @@ from tests.helpers import (
     wait_for,
 )
 
-STEPS = 9
+STEPS = 12
 ARGS = [*FAULT_ARGS, f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=3"]
 
 
@@ -68,21 +71,24 @@ def test_a_full_disk_stops_clearly_and_the_rerun_resumes_bitwise(tmp_path, small
     wait_for(
         lambda: 3 in checkpoint_steps(workdir) or process.poll() is not None, what="checkpoint 3"
     )
+    process.send_signal(signal.SIGSTOP)  # no step or background write while the disk fills
     _fill(small_filesystem)
+    process.send_signal(signal.SIGCONT)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode != 0, "the run finished although the disk was full"
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(workdir) in last and "space" in last, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    assert checkpoint_steps(workdir) == [3], (
-        "the checkpoint before the failure is the newest, in place"
-    )
+    kept = checkpoint_steps(workdir)
+    newest = kept[-1]
+    assert kept == list(range(3, newest + 1, 3)) and newest < STEPS, kept
+    assert f"resumes from checkpoint {newest}" in last, last
     assert not (workdir / "unreadable_checkpoints").exists()
 
     os.remove(small_filesystem / "ballast")
     rerun = run_cli([*ARGS, f"--workdir={workdir}"])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming from checkpoint 3" in rerun.stderr
+    assert f"resuming from checkpoint {newest}" in rerun.stderr
 
     a, b = read_checkpoint(workdir, STEPS), read_checkpoint(uninterrupted, STEPS)
     import jax
