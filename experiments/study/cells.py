@@ -31,6 +31,47 @@ def is_finished(workdir: pathlib.Path) -> bool:
         return False
 
 
+# Fields that say how a run goes, not what it trains: a cell resumed in a later sitting (another machine, a
+# bigger cache) may differ from its first in these and still be the same cell.
+HOW_IT_RUNS = frozenset(
+    {
+        "data_dir",
+        "download",
+        "data_cache_dir",
+        "input_workers",
+        "input_threads",
+        "prefetch",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "progress_bar",
+        "profile_steps",
+    }
+)
+
+
+def config_changes(
+    workdir: pathlib.Path, flags: list[str], config: pathlib.Path = CONFIG
+) -> list[str]:
+    """Where the config a cell was started with (its ``config.json``) differs from the one ``flags`` give it now,
+    as ``FIELD: then -> now`` lines; [] for a cell not started yet.
+
+    Only the fields both configs have are compared, less ``HOW_IT_RUNS``: a field added to the trainer since the
+    cell ran did not exist for it (which code ran a cell is the report's design check's to say).
+    """
+    try:
+        then = json.loads((workdir / "config.json").read_text())
+    except FileNotFoundError:
+        return []
+    now = json.loads(cell_config(flags, config).to_json_best_effort())
+    return [
+        f"{field}: {then[field]!r} -> {now[field]!r}"
+        for field in sorted(then.keys() & now.keys() - HOW_IT_RUNS)
+        if then[field] != now[field]
+    ]
+
+
 def probe_device_count() -> int:
     """The device count, asked of a child process: the parent must not start JAX (module docstring)."""
     probe = subprocess.run(

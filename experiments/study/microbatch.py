@@ -49,6 +49,7 @@ from experiments.study.cells import (
     InProcess,
     cell_config,
     check_flags,
+    config_changes,
     is_finished,
     probe_device_count,
     train_cell,
@@ -111,6 +112,34 @@ def grid(
     ]
 
 
+def check_started_cells(
+    sweep_dir: pathlib.Path,
+    cells: Sequence[Cell],
+    global_batch: int,
+    devices: int,
+    extra: Sequence[str],
+    config: pathlib.Path,
+) -> None:
+    """Cells already in ``sweep_dir`` were started with the config this sweep gives them, or it stops here.
+
+    Otherwise a finished cell would be skipped, and an unfinished one resumed, under settings it was not
+    trained with (say the CPU study's cells found by the accelerator's config, which names its cells alike),
+    and the report would mix the two without a word.
+    """
+    changed = {}
+    for cell in cells:
+        flags = [*cell.overrides(global_batch, devices), *extra]
+        if lines := config_changes(sweep_dir / cell.name, flags, config):
+            changed[cell.name] = lines
+    if changed:
+        first, lines = next(iter(changed.items()))
+        raise ValueError(
+            f"{len(changed)} cell(s) in {sweep_dir} were started with another config than this sweep's "
+            f"({config.name} with its flags): {', '.join(changed)}. {first}: {'; '.join(lines)}. Use a new "
+            "--workdir, or remove those cells' folders to train them again."
+        )
+
+
 def check_design(batches: Sequence[int], global_batch: int, devices: int) -> None:
     """Every per-device batch must split the global batch into a whole number of replicas on every device."""
     if any(b < 1 for b in batches):
@@ -169,6 +198,7 @@ def run(
     check_design(batches, global_batch, devices)
     if cells:
         check_flags([*cells[0].overrides(global_batch, devices), *extra], config)
+    check_started_cells(sweep_dir, cells, global_batch, devices, extra, config)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not is_finished(sweep_dir / c.name)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished", file=sys.stderr)

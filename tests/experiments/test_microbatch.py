@@ -348,3 +348,43 @@ def test_in_process_matches_a_subprocess(tmp_path):
         sub[0]["accuracy"] == inproc[0]["accuracy"] and sub[0]["steps"] == inproc[0]["steps"] == 6
     )
     assert (tmp_path / "in" / "compile_cache").is_dir()
+
+
+def test_cells_started_with_another_config_stop_the_sweep(tmp_path, monkeypatch):
+    """The CPU study's cells found by the accelerator's config (the names are alike) are not skipped as done."""
+    trained = []
+
+    def fake_cell(workdir, flags, log, claim=None, config=None):
+        trained.append(workdir.name)
+        finish(workdir)
+
+    monkeypatch.setattr(cells, "run_subprocess", fake_cell)
+    cell = microbatch.grid(["BN"], [4], [0])[0]
+    flags = cell.overrides(4, 1)
+
+    def start(config, *more):  # what the trainer writes first into a cell's folder
+        (tmp_path / cell.name).mkdir(exist_ok=True)
+        text = cells.cell_config([*flags, *more], config).to_json_best_effort()
+        (tmp_path / cell.name / "config.json").write_text(text)
+
+    start(cells.CONFIG)
+    finish(tmp_path / cell.name)
+    with pytest.raises(ValueError) as raised:
+        microbatch.run(
+            tmp_path, [0], ["BN"], [4], global_batch=4, devices=1, config=cells.DEEP_CONFIG
+        )
+    message = str(raised.value)
+    assert "1 cell(s)" in message and "bn_b4_s0" in message and "microbatch_deep.py" in message
+    assert "model: 'vgg_small' -> 'vgg16'" in message and "new --workdir" in message
+    assert trained == []
+
+    # How the run goes (another data folder, another logging rate) is not another cell: it counts as done.
+    start(cells.CONFIG, "--config.data_dir=/elsewhere", "--config.log_every_steps=7")
+    microbatch.run(tmp_path, [0], ["BN"], [4], global_batch=4, devices=1)
+    assert trained == []
+    # A field the cell's config does not have (added to the trainer since) is not compared.
+    recorded = json.loads((tmp_path / cell.name / "config.json").read_text())
+    del recorded["reestimate_bn_images"]
+    (tmp_path / cell.name / "config.json").write_text(json.dumps(recorded))
+    assert cells.config_changes(tmp_path / cell.name, flags) == []
+    assert cells.config_changes(tmp_path / "never_started", flags) == []
