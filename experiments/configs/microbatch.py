@@ -27,6 +27,10 @@ def get_config():
     config.data_order = (
         "example"  # the same global batches however they are split (see trainer/steps.py)
     )
+    # WS on the kernel in every cell. "auto" decides from the batch a layer sees, which under the replicas'
+    # vmap is one replica's: at 1 image per replica it moves the late layers to the output side, the same maths
+    # rounded otherwise, and GN+WS would no longer train bitwise alike at every split (docs/guide/study.md).
+    config.ws_apply_to = "kernel"
     config.optimizer = "adam"
     config.learning_rate = 1e-3
     config.schedule = "cosine"

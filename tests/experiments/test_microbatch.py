@@ -1,5 +1,6 @@
 """The micro-batch study: only the per-device batch varies between cells; the driver, its report."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from experiments.common.filelock import try_lock
 from experiments.study import cells, microbatch, report
 from experiments.trainer import steps
 from tests.helpers import REPO
+from wsjax import WSConv
 from wsjax.models import VGG, norm_layer
 
 N, G = 64, 16  # training examples, global batch: 4 steps per epoch
@@ -64,10 +66,12 @@ def test_example_order_gives_every_split_the_same_global_batches():
     assert not np.array_equal(_global_batches(4, "replica", 8), _global_batches(1, "replica", 8))
 
 
-def _train(replicas: int, norm: str, num_steps: int = 5):
-    """``num_steps`` of SGD from seed 0 with crop + flip, the global batch split over vmapped replicas."""
+def _train(replicas: int, norm: str, num_steps: int = 5, apply_to: str = "kernel"):
+    """``num_steps`` of SGD from seed 0 with crop + flip, the global batch split over vmapped replicas; WS on
+    the kernel or, as ``apply_to`` says, on the output."""
     mesh = Mesh(np.array(jax.devices()[:1]), (steps.AXIS,))
-    model = VGG(stages=((8,), (16,)), norm=norm_layer(norm, num_groups=4))
+    conv = functools.partial(WSConv, apply_to=apply_to)
+    model = VGG(stages=((8,), (16,)), conv=conv, norm=norm_layer(norm, num_groups=4))
     state = steps.create_train_state(model, optax.sgd(0.1), (8, 8, 3), seed=0)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (N, 8, 8, 3), dtype=np.uint8).reshape(
@@ -93,6 +97,27 @@ def test_split_changes_nothing_but_the_batch_statistics():
     # BN normalizes with each replica's statistics: the split changes the training.
     (_, bn_loss1), (_, bn_loss8) = _train(1, "bn"), _train(8, "bn")
     assert not np.isclose(bn_loss8, bn_loss1, rtol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="bitwise: XLA:CPU's fixed order of operations"
+)
+def test_ws_on_the_kernel_trains_every_split_bitwise_alike():
+    """The study fixes ``ws_apply_to="kernel"``: with ``"auto"`` a layer decides from the batch it sees, one
+    replica's under the replicas' vmap, and at 1 image per replica moves its late layer (4×4 outputs, 72
+    kernel entries per channel) to the output side: the same maths, rounded otherwise."""
+    assert cells.cell_config([]).ws_apply_to == "kernel"
+    assert cells.cell_config([], cells.DEEP_CONFIG).ws_apply_to == "kernel"
+    (params1, loss1), (params16, loss16) = _train(1, "gn"), _train(16, "gn")
+    np.testing.assert_allclose(
+        loss16, loss1, rtol=1e-6
+    )  # a metric: averaged over replicas in another order
+    for a, b in zip(jax.tree.leaves(params16), jax.tree.leaves(params1), strict=True):
+        np.testing.assert_array_equal(a, b)
+    (auto1, _), (auto16, _) = _train(1, "gn", apply_to="auto"), _train(16, "gn", apply_to="auto")
+    pairs = zip(jax.tree.leaves(auto16), jax.tree.leaves(auto1), strict=True)
+    assert any(not np.array_equal(a, b) for a, b in pairs)
 
 
 def test_grid_keeps_the_global_batch_and_varies_the_replicas():
