@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments.common import cpu_backend
+from experiments.common import cpu_backend, run_config
 from experiments.common.errors import ConfigError
 from experiments.trainer import model_factory, optim, placement, population, steps
 from experiments.trainer.checkpoints import (
@@ -241,12 +241,21 @@ def _set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     if is_main:
         for message in skipped:
             print(f"warning: {message}", file=sys.stderr)
+        config_json = config.to_json_best_effort(indent=2)
         if restored_step is not None:
             print(
                 f"resuming from checkpoint {restored_step} in {checkpoints.directory}",
                 file=sys.stderr,
             )
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+            # Allowed (a longer run, a lower rate from here on), but said: the run mixes two settings.
+            if changes := run_config.config_changes(workdir, config_json):
+                print(
+                    f"warning: this run's config differs from the one the workdir last ran with, "
+                    f"{'; '.join(changes)}: the steps before checkpoint {restored_step} trained with the old "
+                    "values. Use a new --workdir to train with the new ones from the start.",
+                    file=sys.stderr,
+                )
+        (workdir / "config.json").write_text(config_json)
 
     return Run(
         config=config,

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from typing import IO
 
+from experiments.common import run_config
+
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "microbatch.py"  # the CPU study
 DEEP_CONFIG = CONFIG.with_name("microbatch_deep.py")  # the accelerator's: VGG16, SGD, five seeds
 REPO = CONFIG.parents[2]
@@ -31,45 +33,14 @@ def is_finished(workdir: pathlib.Path) -> bool:
         return False
 
 
-# Fields that say how a run goes, not what it trains: a cell resumed in a later sitting (another machine, a
-# bigger cache) may differ from its first in these and still be the same cell.
-HOW_IT_RUNS = frozenset(
-    {
-        "data_dir",
-        "download",
-        "data_cache_dir",
-        "input_workers",
-        "input_threads",
-        "prefetch",
-        "log_every_steps",
-        "eval_every_steps",
-        "checkpoint_every_steps",
-        "keep_checkpoints",
-        "progress_bar",
-        "profile_steps",
-    }
-)
-
-
 def config_changes(
     workdir: pathlib.Path, flags: list[str], config: pathlib.Path = CONFIG
 ) -> list[str]:
-    """Where the config a cell was started with (its ``config.json``) differs from the one ``flags`` give it now,
-    as ``FIELD: then -> now`` lines; [] for a cell not started yet.
-
-    Only the fields both configs have are compared, less ``HOW_IT_RUNS``: a field added to the trainer since the
-    cell ran did not exist for it (which code ran a cell is the report's design check's to say).
-    """
-    try:
-        then = json.loads((workdir / "config.json").read_text())
-    except FileNotFoundError:
+    """Where the config a cell was started with differs from the one ``flags`` give it now, as ``FIELD: then ->
+    now`` lines (``common.run_config.config_changes``); [] for a cell not started yet."""
+    if not (workdir / "config.json").exists():
         return []
-    now = json.loads(cell_config(flags, config).to_json_best_effort())
-    return [
-        f"{field}: {then[field]!r} -> {now[field]!r}"
-        for field in sorted(then.keys() & now.keys() - HOW_IT_RUNS)
-        if then[field] != now[field]
-    ]
+    return run_config.config_changes(workdir, cell_config(flags, config).to_json_best_effort())
 
 
 def probe_device_count() -> int:

@@ -54,6 +54,7 @@ def test_kill_9_then_rerun_is_bitwise_identical(tmp_path, uninterrupted):
     rerun = run_cli([*ARGS, f"--workdir={tmp_path}"])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from checkpoint" in rerun.stderr
+    assert "config differs" not in rerun.stderr
     assert_bitwise_equal(read_checkpoint(tmp_path, STEPS), read_checkpoint(uninterrupted, STEPS))
     assert logged_metrics(tmp_path) == logged_metrics(uninterrupted)
 
@@ -74,6 +75,17 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, uninte
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from checkpoint {saved}" in rerun.stderr
     assert_bitwise_equal(read_checkpoint(tmp_path, STEPS), read_checkpoint(uninterrupted, STEPS))
+
+
+def test_a_run_resumed_with_another_config_says_which_fields_changed(tmp_path, uninterrupted):
+    shutil.copytree(uninterrupted, tmp_path / "run")
+    more = [f"--config.num_train_steps={STEPS + 1}", "--config.learning_rate=0.5"]
+    rerun = run_cli([*ARGS, *more, "--config.log_every_steps=5", f"--workdir={tmp_path / 'run'}"])
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    warning = next(line for line in rerun.stderr.splitlines() if "config differs" in line)
+    assert f"num_train_steps: {STEPS} -> {STEPS + 1}" in warning and "learning_rate:" in warning
+    assert "-> 0.5" in warning and f"before checkpoint {STEPS}" in warning
+    assert "log_every_steps" not in warning  # how the run goes, not what it trains
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
