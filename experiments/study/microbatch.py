@@ -135,7 +135,7 @@ def check_started_cells(
         first, lines = next(iter(changed.items()))
         raise ValueError(
             f"{len(changed)} cell(s) in {sweep_dir} were started with another config than this sweep's "
-            f"({config.name} with its flags): {', '.join(changed)}. {first}: {'; '.join(lines)}. Use a new "
+            f"({pathlib.Path(config).name} with its flags): {', '.join(changed)}. {first}: {'; '.join(lines)}. Use a new "
             "--workdir, or remove those cells' folders to train them again."
         )
 
