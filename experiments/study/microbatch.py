@@ -118,7 +118,7 @@ def check_started_cells(
     global_batch: int,
     devices: int,
     extra: Sequence[str],
-    config: pathlib.Path,
+    config_file: pathlib.Path,
 ) -> None:
     """Cells already in ``sweep_dir`` were started with the config this sweep gives them, or it stops here.
 
@@ -129,14 +129,14 @@ def check_started_cells(
     changed = {}
     for cell in cells:
         flags = [*cell.overrides(global_batch, devices), *extra]
-        if lines := config_changes(sweep_dir / cell.name, flags, config):
+        if lines := config_changes(sweep_dir / cell.name, flags, config_file):
             changed[cell.name] = lines
     if changed:
         first, lines = next(iter(changed.items()))
         raise ValueError(
             f"{len(changed)} cell(s) in {sweep_dir} were started with another config than this sweep's "
-            f"({pathlib.Path(config).name} with its flags): {', '.join(changed)}. {first}: {'; '.join(lines)}. Use a new "
-            "--workdir, or remove those cells' folders to train them again."
+            f"({config_file.name} with its flags): {', '.join(changed)}. {first}: {'; '.join(lines)}. "
+            "Use a new --workdir, or remove those cells' folders to train them again."
         )
 
 
